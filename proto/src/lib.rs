@@ -1,0 +1,17 @@
+//! Generated gRPC types: the public `berth.v1` API and the internal
+//! `berth.raft.v1` transport between control nodes.
+
+/// Public API: sandboxes and cluster membership.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("berth.v1");
+}
+
+/// Internal Raft transport between control nodes.
+pub mod raft_v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("berth.raft.v1");
+}
+
+/// Encoded file descriptor set for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_descriptor");

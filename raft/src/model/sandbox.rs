@@ -1,0 +1,58 @@
+//! A sandbox record as the state machine stores it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What the user asked for; each change makes a new revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// OCI image reference.
+    pub image: String,
+    /// Optional policy document (YAML).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Environment for the sandbox process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Pending,
+    Starting,
+    Running,
+    Stopped,
+    Failed,
+    Deleting,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Starting => "Starting",
+            Phase::Running => "Running",
+            Phase::Stopped => "Stopped",
+            Phase::Failed => "Failed",
+            Phase::Deleting => "Deleting",
+        }
+    }
+}
+
+/// One sandbox, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub name: String,
+    pub uid: String,
+    pub spec: SandboxSpec,
+    /// Current revision of the spec, starting at 1.
+    pub revision: u64,
+    /// Unix milliseconds, assigned by the node that accepted the create.
+    pub created_at_ms: i64,
+    pub phase: Phase,
+    /// Why the sandbox is in its phase, in one line.
+    #[serde(default)]
+    pub message: String,
+}

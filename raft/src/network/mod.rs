@@ -1,0 +1,25 @@
+//! Raft transport between control nodes over gRPC (`berth.raft.v1`):
+//! [`client`] is openraft's network to peers, [`server`] the service that
+//! receives Raft messages and forwarded leader operations.
+
+pub mod client;
+pub mod server;
+
+use std::time::Duration;
+
+use berth_proto::raft_v1::raft_service_client::RaftServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::NodeError;
+
+/// A lazily connecting client for a peer's `host:port`. Only ever dials the
+/// addresses in the cluster membership.
+pub(crate) fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, NodeError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| NodeError::InvalidArgument(format!("bad peer address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true);
+    Ok(RaftServiceClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024))
+}

@@ -1,0 +1,204 @@
+//! [`RaftNode`]: one control node's Raft instance, its storage, and the
+//! operations the control plane performs through it. Any node accepts any
+//! operation; writes and membership changes run on the leader (forwarded
+//! when needed) and reads are linearizable through a read index.
+//!
+//! Invariant kept here: every operation is bounded by the node's request
+//! timeout and fails `Unavailable` rather than hang (invariant 8).
+
+mod leader;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::raft_v1::raft_service_client::RaftServiceClient;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Config, RaftMetrics, SnapshotPolicy};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+pub use leader::{LeaderOp, LeaderReply};
+
+use crate::network::client::NetworkFactory;
+use crate::store::{self, SharedState};
+use crate::{Command, CommandResponse, NodeError, NodeId, Raft};
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// `host:port` other nodes and clients reach this node at.
+    pub addr: String,
+    /// RocksDB directory.
+    pub data_dir: PathBuf,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_every: u64,
+    /// Log entries to keep behind a snapshot before purging.
+    pub logs_to_keep: u64,
+    /// Bound on every client-facing operation.
+    pub request_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id,
+            addr: addr.into(),
+            data_dir: data_dir.into(),
+            snapshot_every: 1000,
+            logs_to_keep: 1000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, NodeError> {
+        let config = Config {
+            cluster_name: "berth".to_string(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            install_snapshot_timeout: 2_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.logs_to_keep,
+            snapshot_max_chunk_size: 256 * 1024,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| NodeError::InvalidArgument(format!("raft config: {e}")))
+    }
+}
+
+/// A running control node.
+pub struct RaftNode {
+    id: NodeId,
+    addr: String,
+    raft: Raft,
+    state: SharedState,
+    request_timeout: Duration,
+    leader_clients: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+}
+
+impl RaftNode {
+    /// Opens the node's storage and starts its Raft instance. The node
+    /// resumes from its data dir; a fresh one waits to be initialized or
+    /// added to a cluster.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            NodeError::Internal(format!("create {}: {e}", config.data_dir.display()))
+        })?;
+        let (log_store, state_machine) = store::open(&config.data_dir.join("raft"))
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let state = state_machine.shared();
+        let raft_config = Arc::new(config.raft_config()?);
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            NetworkFactory,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
+        Ok(Arc::new(Self {
+            id: config.id,
+            addr: config.addr,
+            raft,
+            state,
+            request_timeout: config.request_timeout,
+            leader_clients: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The Raft instance, for the transport server.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied state; see [`RaftNode::read_barrier`] for fresh reads.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub async fn is_initialized(&self) -> Result<bool, NodeError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))
+    }
+
+    /// Initializes a new cluster with these voters. Safe to call on every
+    /// initial member with the same set; a node that is already part of a
+    /// cluster ignores it.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), NodeError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::InvalidArgument(format!(
+                "initialize cluster: {e}"
+            ))),
+        }
+    }
+
+    /// Proposes a command and returns what applying it produced. A command
+    /// the state machine refused comes back as the matching error.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, NodeError> {
+        match self.on_leader(LeaderOp::Write(command)).await? {
+            LeaderReply::Written(CommandResponse::Rejected { rejection }) => Err(rejection.into()),
+            LeaderReply::Written(response) => Ok(response),
+            other => Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Waits until this node's state machine reflects every write committed
+    /// before the call (a linearizable read point confirmed by a quorum).
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let started = tokio::time::Instant::now();
+        let index = match self.on_leader(LeaderOp::ReadIndex).await? {
+            LeaderReply::ReadIndex(index) => index,
+            other => return Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        let remaining = self.request_timeout.saturating_sub(started.elapsed());
+        self.raft
+            .wait(Some(remaining.max(Duration::from_millis(10))))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Unavailable(format!("this node did not catch up in time: {e}")))
+    }
+
+    /// Adds a control node: as learner, then, once caught up, as voter.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), NodeError> {
+        self.on_leader(LeaderOp::AddNode { id, addr })
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a control node from voters and learners.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), NodeError> {
+        self.on_leader(LeaderOp::RemoveNode { id })
+            .await
+            .map(|_| ())
+    }
+
+    /// Stops Raft; storage is closed when the last handle drops.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Key layout. Log keys are big-endian u64 indexes, so the log sorts by
+//! index and truncate/purge are range deletes.
+
+pub(crate) const VOTE: &[u8] = b"vote";
+pub(crate) const COMMITTED: &[u8] = b"committed";
+pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
+
+pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const SNAPSHOT: &[u8] = b"snapshot";
+
+pub(crate) fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn log_index(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+pub(crate) fn sandbox_key(name: &str) -> Vec<u8> {
+    let mut key = b"sandbox/".to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}

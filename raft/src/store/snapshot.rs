@@ -1,0 +1,190 @@
+//! The snapshot file format: a stream of framed records, built from the
+//! state machine and installed on lagging or new nodes.
+//!
+//! Layout: magic `BSNP`, one format-version byte, then frames of
+//! `u32 big-endian length + codec value`. The first frame is the header
+//! (snapshot meta and record count), each further frame one sandbox record.
+//! Frames let a later release add record kinds without rewriting old files.
+
+use openraft::{BasicNode, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError, FORMAT_V1};
+use crate::model::SandboxRecord;
+use crate::NodeId;
+
+const MAGIC: &[u8; 4] = b"BSNP";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a berth snapshot (bad magic)")]
+    BadMagic,
+    #[error("unknown snapshot format version {0}")]
+    UnknownVersion(u8),
+    #[error("snapshot truncated")]
+    Truncated,
+    #[error("snapshot frame too large")]
+    FrameTooLarge,
+    #[error("snapshot holds {found} records, header says {expected}")]
+    CountMismatch { expected: u64, found: u64 },
+    #[error("snapshot frame: {0}")]
+    Codec(#[from] CodecError),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    record_count: u64,
+}
+
+/// A decoded snapshot: its meta and every sandbox record.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    pub meta: SnapshotMeta<NodeId, BasicNode>,
+    pub records: Vec<SandboxRecord>,
+}
+
+impl SnapshotFile {
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut out = Vec::with_capacity(64 + self.records.len() * 256);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_V1);
+        let header = Header {
+            meta: self.meta.clone(),
+            record_count: self.records.len() as u64,
+        };
+        push_frame(&mut out, &codec::encode(&header)?)?;
+        for record in &self.records {
+            push_frame(&mut out, &codec::encode(record)?)?;
+        }
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let mut reader = FrameReader::new(bytes)?;
+        let header: Header = codec::decode(reader.next_frame()?.ok_or(SnapshotError::Truncated)?)?;
+        let mut records = Vec::new();
+        while let Some(frame) = reader.next_frame()? {
+            records.push(codec::decode(frame)?);
+        }
+        if records.len() as u64 != header.record_count {
+            return Err(SnapshotError::CountMismatch {
+                expected: header.record_count,
+                found: records.len() as u64,
+            });
+        }
+        Ok(Self {
+            meta: header.meta,
+            records,
+        })
+    }
+
+    /// Reads only the meta of an encoded snapshot.
+    pub fn decode_meta(bytes: &[u8]) -> Result<SnapshotMeta<NodeId, BasicNode>, SnapshotError> {
+        let mut reader = FrameReader::new(bytes)?;
+        let header: Header = codec::decode(reader.next_frame()?.ok_or(SnapshotError::Truncated)?)?;
+        Ok(header.meta)
+    }
+}
+
+fn push_frame(out: &mut Vec<u8>, frame: &[u8]) -> Result<(), SnapshotError> {
+    let len = u32::try_from(frame.len()).map_err(|_| SnapshotError::FrameTooLarge)?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(frame);
+    Ok(())
+}
+
+struct FrameReader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> FrameReader<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, SnapshotError> {
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or(SnapshotError::BadMagic)?;
+        let (version, rest) = rest.split_first().ok_or(SnapshotError::Truncated)?;
+        if *version != FORMAT_V1 {
+            return Err(SnapshotError::UnknownVersion(*version));
+        }
+        Ok(Self { rest })
+    }
+
+    fn next_frame(&mut self) -> Result<Option<&'a [u8]>, SnapshotError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        if self.rest.len() < 4 {
+            return Err(SnapshotError::Truncated);
+        }
+        let (len, rest) = self.rest.split_at(4);
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if rest.len() < len {
+            return Err(SnapshotError::Truncated);
+        }
+        let (frame, rest) = rest.split_at(len);
+        self.rest = rest;
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Phase, SandboxSpec};
+    use openraft::{LogId, StoredMembership};
+
+    fn file(n: usize) -> SnapshotFile {
+        let records = (0..n)
+            .map(|i| SandboxRecord {
+                name: format!("s{i}"),
+                uid: format!("u{i}"),
+                spec: SandboxSpec {
+                    image: "busybox".into(),
+                    policy: None,
+                    env: Default::default(),
+                },
+                revision: 1,
+                created_at_ms: 5,
+                phase: Phase::Pending,
+                message: String::new(),
+            })
+            .collect();
+        SnapshotFile {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 9)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "2-9-1".into(),
+            },
+            records,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = file(3).encode().unwrap();
+        let back = SnapshotFile::decode(&bytes).unwrap();
+        assert_eq!(back.records, file(3).records);
+        assert_eq!(back.meta, file(3).meta);
+        assert_eq!(SnapshotFile::decode_meta(&bytes).unwrap(), file(3).meta);
+    }
+
+    #[test]
+    fn rejects_corrupt_input() {
+        let bytes = file(2).encode().unwrap();
+        assert!(matches!(
+            SnapshotFile::decode(b"nope"),
+            Err(SnapshotError::BadMagic)
+        ));
+        assert!(matches!(
+            SnapshotFile::decode(&bytes[..bytes.len() - 3]),
+            Err(SnapshotError::Truncated)
+        ));
+        let mut wrong_version = bytes.clone();
+        wrong_version[4] = 77;
+        assert!(matches!(
+            SnapshotFile::decode(&wrong_version),
+            Err(SnapshotError::UnknownVersion(77))
+        ));
+    }
+}

@@ -1,0 +1,262 @@
+//! The replicated state machine on RocksDB, with an in-memory view for reads.
+//!
+//! Invariants kept here: each `apply` call writes the changed records, the
+//! last-applied log id and the membership in one synced batch, so a restart
+//! resumes from where it was without replaying the whole log; and the
+//! in-memory view only ever reflects what was applied (invariant 2).
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use rocksdb::{IteratorMode, WriteBatch, DB};
+
+use super::keys;
+use super::snapshot::SnapshotFile;
+use super::{synced, CF_SM, CF_SM_META};
+use crate::codec;
+use crate::model::{Change, CommandResponse, SandboxTable};
+use crate::{NodeId, TypeConfig};
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// What has been applied: the data every read is served from.
+#[derive(Debug, Clone, Default)]
+pub struct StateView {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub table: SandboxTable,
+}
+
+/// The applied state, shared between the state machine and readers.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState(Arc<RwLock<StateView>>);
+
+impl SharedState {
+    /// Read access. A poisoned lock still holds consistent data (writers
+    /// replace whole values), so it is recovered rather than propagated.
+    pub fn read(&self) -> RwLockReadGuard<'_, StateView> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, StateView> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// State machine handle; clones share the DB and the view.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    state: SharedState,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+fn io_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn io_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn missing_cf(name: &str) -> StorageError<NodeId> {
+    io_read(std::io::Error::other(format!(
+        "column family {name} missing"
+    )))
+}
+
+impl StateMachineStore {
+    /// Loads the applied state from the DB.
+    pub(crate) fn load(db: Arc<DB>) -> StorageResult<Self> {
+        let meta = db
+            .cf_handle(CF_SM_META)
+            .ok_or_else(|| missing_cf(CF_SM_META))?;
+        let sm = db.cf_handle(CF_SM).ok_or_else(|| missing_cf(CF_SM))?;
+        let mut view = StateView::default();
+        if let Some(bytes) = db.get_cf(meta, keys::LAST_APPLIED).map_err(io_read)? {
+            view.last_applied = codec::decode(&bytes).map_err(io_read)?;
+        }
+        if let Some(bytes) = db.get_cf(meta, keys::MEMBERSHIP).map_err(io_read)? {
+            view.membership = codec::decode(&bytes).map_err(io_read)?;
+        }
+        for item in db.iterator_cf(sm, IteratorMode::Start) {
+            let (_, value) = item.map_err(io_read)?;
+            view.table.insert(codec::decode(&value).map_err(io_read)?);
+        }
+        Ok(Self {
+            db,
+            state: SharedState(Arc::new(RwLock::new(view))),
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The view readers use.
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn cf(&self, name: &str) -> StorageResult<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| missing_cf(name))
+    }
+
+    fn put_applied_meta(&self, batch: &mut WriteBatch, view: &StateView) -> StorageResult<()> {
+        let meta = self.cf(CF_SM_META)?;
+        batch.put_cf(
+            meta,
+            keys::LAST_APPLIED,
+            codec::encode(&view.last_applied).map_err(io_write)?,
+        );
+        batch.put_cf(
+            meta,
+            keys::MEMBERSHIP,
+            codec::encode(&view.membership).map_err(io_write)?,
+        );
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let file = {
+            let view = self.state.read();
+            let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+            let snapshot_id = match view.last_applied {
+                Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
+                None => format!("none-{seq}"),
+            };
+            SnapshotFile {
+                meta: SnapshotMeta {
+                    last_log_id: view.last_applied,
+                    last_membership: view.membership.clone(),
+                    snapshot_id,
+                },
+                records: view.table.iter().cloned().collect(),
+            }
+        };
+        let bytes = file.encode().map_err(io_write)?;
+        let meta_cf = self.cf(CF_SM_META)?;
+        self.db
+            .put_cf_opt(meta_cf, keys::SNAPSHOT, &bytes, &synced())
+            .map_err(io_write)?;
+        Ok(Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let view = self.state.read();
+        Ok((view.last_applied, view.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResponse>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let sm_cf = self.cf(CF_SM)?;
+        let mut batch = WriteBatch::default();
+        let mut responses = Vec::new();
+        let mut view = self.state.write();
+        for entry in entries {
+            view.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Applied,
+                EntryPayload::Membership(m) => {
+                    view.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResponse::Applied
+                }
+                EntryPayload::Normal(command) => {
+                    let (response, changes) = view.table.apply(&command);
+                    for change in changes {
+                        match change {
+                            Change::Put(record) => batch.put_cf(
+                                sm_cf,
+                                keys::sandbox_key(&record.name),
+                                codec::encode(&record).map_err(io_write)?,
+                            ),
+                            Change::Delete(name) => {
+                                batch.delete_cf(sm_cf, keys::sandbox_key(&name))
+                            }
+                        }
+                    }
+                    response
+                }
+            };
+            responses.push(response);
+        }
+        self.put_applied_meta(&mut batch, &view)?;
+        // Data and last-applied id land together, synced (invariant 1).
+        self.db.write_opt(batch, &synced()).map_err(io_write)?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let file = SnapshotFile::decode(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let sm_cf = self.cf(CF_SM)?;
+        let meta_cf = self.cf(CF_SM_META)?;
+        let mut batch = WriteBatch::default();
+        for item in self.db.iterator_cf(sm_cf, IteratorMode::Start) {
+            let (key, _) = item.map_err(io_read)?;
+            batch.delete_cf(sm_cf, key);
+        }
+        let mut table = SandboxTable::default();
+        for record in file.records {
+            batch.put_cf(
+                sm_cf,
+                keys::sandbox_key(&record.name),
+                codec::encode(&record).map_err(io_write)?,
+            );
+            table.insert(record);
+        }
+        let view = StateView {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            table,
+        };
+        self.put_applied_meta(&mut batch, &view)?;
+        batch.put_cf(meta_cf, keys::SNAPSHOT, &bytes);
+        let mut current = self.state.write();
+        self.db.write_opt(batch, &synced()).map_err(io_write)?;
+        *current = view;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let meta_cf = self.cf(CF_SM_META)?;
+        let Some(bytes) = self.db.get_cf(meta_cf, keys::SNAPSHOT).map_err(io_read)? else {
+            return Ok(None);
+        };
+        let meta = SnapshotFile::decode_meta(&bytes).map_err(io_read)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
