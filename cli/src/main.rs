@@ -1,1 +1,173 @@
-fn main() {}
+//! `berth`: the command-line client for a berth control plane, and
+//! `berth up`/`berth down` for a local cluster.
+//!
+//! Every failure prints one `error: ...` line and exits non-zero: 2 for bad
+//! input, 3 not found, 4 already exists, 5 unavailable, 1 otherwise.
+
+mod client;
+mod local;
+mod output;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::Control;
+use crate::output::Format;
+
+/// Default control addresses: the nodes `berth up` starts.
+const DEFAULT_CONTROL: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "berth: stateful sandboxes on a Raft-replicated control plane"
+)]
+struct Cli {
+    /// Control nodes to try, in order (HOST:PORT,...).
+    #[arg(long, global = true, env = "BERTH_CONTROL", default_value = DEFAULT_CONTROL)]
+    control: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The control plane itself.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Sandboxes.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Start a local cluster in the background.
+    Up {
+        /// Number of control nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Where the cluster keeps its data and logs.
+        #[arg(long, env = "BERTH_HOME", default_value = ".berth")]
+        home: PathBuf,
+        /// Port of node 1; node N listens on base-port + N - 1.
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+    },
+    /// Stop the local cluster started by `berth up` (its data is kept).
+    Down {
+        #[arg(long, env = "BERTH_HOME", default_value = ".berth")]
+        home: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Leader, term and members.
+    Status,
+    /// Add a control node (learner, then voter).
+    AddNode { id: u64, addr: String },
+    /// Remove a control node.
+    RemoveNode { id: u64 },
+}
+
+/// A failure to report: one line and an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 2,
+        }
+    }
+
+    pub fn other(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        let code = match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => 2,
+            tonic::Code::NotFound => 3,
+            tonic::Code::AlreadyExists => 4,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => 5,
+            _ => 1,
+        };
+        let message = status.message().lines().next().unwrap_or("").to_string();
+        let message = if message.is_empty() {
+            format!("{:?}", status.code())
+        } else {
+            message
+        };
+        Self { message, code }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Cluster(command) => {
+            let control = Control::connect(&cli.control).await?;
+            let mut client = control.cluster();
+            let status = match command {
+                ClusterCommand::Status => {
+                    client
+                        .get_status(berth_proto::v1::GetStatusRequest {})
+                        .await?
+                }
+                ClusterCommand::AddNode { id, addr } => {
+                    client
+                        .add_node(berth_proto::v1::AddNodeRequest { id, addr })
+                        .await?
+                }
+                ClusterCommand::RemoveNode { id } => {
+                    client
+                        .remove_node(berth_proto::v1::RemoveNodeRequest { id })
+                        .await?
+                }
+            };
+            output::print_status(cli.output, &status.into_inner());
+            Ok(())
+        }
+        Command::Sandbox(command) => {
+            let control = Control::connect(&cli.control).await?;
+            sandbox::run(control, cli.output, command).await
+        }
+        Command::Up {
+            nodes,
+            home,
+            base_port,
+        } => local::up(&home, nodes, base_port).await,
+        Command::Down { home } => local::down(&home),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,1 +1,156 @@
-fn main() {}
+//! `berthd`: one node of berth's Raft-replicated control plane.
+//!
+//! Start-up: claim the node identity in the data dir, open storage, serve
+//! gRPC, then bootstrap a new cluster (`--initial-cluster`, first start
+//! only) or join a running one (`--join`). SIGTERM shuts down cleanly.
+
+mod api;
+mod bootstrap;
+mod error;
+mod server;
+mod validate;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use berth_raft::{NodeConfig, RaftNode};
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A berth control-plane node.
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version)]
+struct Args {
+    /// This node's id (a positive integer, stable for the node's life).
+    #[arg(long)]
+    id: u64,
+    /// Address to serve gRPC on (host:port).
+    #[arg(long)]
+    listen: String,
+    /// Address other nodes and clients reach this node at (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directory for this node's RocksDB and identity.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Bootstrap a new cluster: ID=HOST:PORT,... (ignored once initialized).
+    #[arg(long, conflicts_with = "join")]
+    initial_cluster: Option<String>,
+    /// Join a running cluster through any of these nodes (HOST:PORT,...).
+    #[arg(long)]
+    join: Option<String>,
+    /// Log output format; the filter comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, default_value_t = 1000, hide = true)]
+    snapshot_every: u64,
+    /// Log entries kept behind a snapshot before purging.
+    #[arg(long, default_value_t = 1000, hide = true)]
+    logs_to_keep: u64,
+    /// Bound on client operations, in milliseconds.
+    #[arg(long, default_value_t = 5000, hide = true)]
+    request_timeout_ms: u64,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    if args.id == 0 {
+        bail!("--id must be a positive integer");
+    }
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.clone());
+    bootstrap::parse_addr(&advertise).map_err(anyhow::Error::msg)?;
+    let initial_cluster = args
+        .initial_cluster
+        .as_deref()
+        .map(bootstrap::parse_initial_cluster)
+        .transpose()?;
+    if let Some(members) = &initial_cluster {
+        match members.get(&args.id) {
+            Some(me) if me.addr == advertise => {}
+            Some(me) => bail!(
+                "--initial-cluster gives node {} the address {}, but it advertises {advertise}",
+                args.id,
+                me.addr
+            ),
+            None => bail!("--initial-cluster does not name this node ({})", args.id),
+        }
+    }
+    bootstrap::claim_identity(&args.data_dir, args.id)?;
+
+    let mut config = NodeConfig::new(args.id, advertise.clone(), &args.data_dir);
+    config.snapshot_every = args.snapshot_every.max(1);
+    config.logs_to_keep = args.logs_to_keep;
+    config.request_timeout = Duration::from_millis(args.request_timeout_ms.max(100));
+    let node = RaftNode::start(config).await.context("start raft node")?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "berthd serving");
+    let server = tokio::spawn(server::serve(node.clone(), listener, shutdown_signal()));
+
+    if node.is_initialized().await? {
+        if args.initial_cluster.is_some() || args.join.is_some() {
+            tracing::info!("data dir already holds a cluster; --initial-cluster/--join ignored");
+        }
+    } else if let Some(members) = initial_cluster {
+        node.bootstrap(members).await?;
+        tracing::info!("cluster bootstrapped");
+    } else if let Some(join) = &args.join {
+        bootstrap::join(join, args.id, &advertise, Duration::from_secs(60)).await?;
+        tracing::info!(via = %join, "joined the cluster");
+    } else {
+        tracing::warn!("new data dir without --initial-cluster or --join: waiting to be added with `berth cluster add-node`");
+    }
+
+    let served = server.await.context("server task")?;
+    node.shutdown().await;
+    served
+}

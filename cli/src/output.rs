@@ -1,0 +1,158 @@
+//! Rendering answers as aligned tables (default) or JSON (`-o json`).
+//! JSON keys are part of the CLI's interface: sandboxes have `name`, `uid`,
+//! `image`, `policy`, `env`, `revision`, `phase`, `message`, `created_at_unix_ms`;
+//! cluster status has `leader`, `term`, `members` (`id`, `addr`, `role`).
+
+use berth_proto::v1::{ClusterStatus, MemberRole, Phase, Sandbox};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn phase_name(phase: i32) -> &'static str {
+    match Phase::try_from(phase) {
+        Ok(Phase::Pending) => "Pending",
+        Ok(Phase::Starting) => "Starting",
+        Ok(Phase::Running) => "Running",
+        Ok(Phase::Stopped) => "Stopped",
+        Ok(Phase::Failed) => "Failed",
+        Ok(Phase::Deleting) => "Deleting",
+        Ok(Phase::Unspecified) | Err(_) => "Unknown",
+    }
+}
+
+fn role_name(role: i32) -> &'static str {
+    match MemberRole::try_from(role) {
+        Ok(MemberRole::Leader) => "leader",
+        Ok(MemberRole::Follower) => "follower",
+        Ok(MemberRole::Learner) => "learner",
+        Ok(MemberRole::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+pub fn sandbox_json(s: &Sandbox) -> Value {
+    let spec = s.spec.clone().unwrap_or_default();
+    let env: serde_json::Map<String, Value> = spec
+        .env
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    json!({
+        "name": s.name,
+        "uid": s.uid,
+        "image": spec.image,
+        "policy": spec.policy,
+        "env": env,
+        "revision": s.revision,
+        "phase": phase_name(s.phase),
+        "message": s.message,
+        "created_at_unix_ms": s.created_at_unix_ms,
+    })
+}
+
+/// Prints rows with columns padded to their widest cell.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+pub fn print_sandboxes(format: Format, sandboxes: &[Sandbox], as_list: bool) {
+    match format {
+        Format::Json if as_list => {
+            let list: Vec<Value> = sandboxes.iter().map(sandbox_json).collect();
+            println!("{}", Value::Array(list));
+        }
+        Format::Json => {
+            for s in sandboxes {
+                println!("{}", sandbox_json(s));
+            }
+        }
+        Format::Table => {
+            let mut rows = vec![["NAME", "PHASE", "REVISION", "IMAGE", "MESSAGE"]
+                .map(String::from)
+                .to_vec()];
+            for s in sandboxes {
+                rows.push(vec![
+                    s.name.clone(),
+                    phase_name(s.phase).to_string(),
+                    s.revision.to_string(),
+                    s.spec.as_ref().map(|x| x.image.clone()).unwrap_or_default(),
+                    s.message.clone(),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
+}
+
+pub fn print_status(format: Format, status: &ClusterStatus) {
+    match format {
+        Format::Json => {
+            let members: Vec<Value> = status
+                .members
+                .iter()
+                .map(|m| json!({ "id": m.id, "addr": m.addr, "role": role_name(m.role) }))
+                .collect();
+            let leader = if status.leader_id == 0 {
+                Value::Null
+            } else {
+                json!(status.leader_id)
+            };
+            println!(
+                "{}",
+                json!({
+                    "leader": leader,
+                    "term": status.term,
+                    "members": members,
+                    "node": status.node_id,
+                    "last_applied_index": status.last_applied_index,
+                })
+            );
+        }
+        Format::Table => {
+            let leader = if status.leader_id == 0 {
+                "none".to_string()
+            } else {
+                status.leader_id.to_string()
+            };
+            println!(
+                "leader: {leader}  term: {}  (answered by node {})",
+                status.term, status.node_id
+            );
+            let mut rows = vec![["ID", "ADDR", "ROLE"].map(String::from).to_vec()];
+            for m in &status.members {
+                rows.push(vec![
+                    m.id.to_string(),
+                    m.addr.clone(),
+                    role_name(m.role).to_string(),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! `berth.v1.ClusterService`: status and membership of the control plane.
+
+use std::sync::Arc;
+
+use berth_proto::v1::cluster_service_server::ClusterService;
+use berth_proto::v1::{
+    AddNodeRequest, ClusterStatus, GetStatusRequest, Member, MemberRole, RemoveNodeRequest,
+};
+use berth_raft::RaftNode;
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+
+pub struct ClusterApi {
+    node: Arc<RaftNode>,
+}
+
+impl ClusterApi {
+    pub fn new(node: Arc<RaftNode>) -> Self {
+        Self { node }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let metrics = self.node.metrics();
+        let leader = metrics.current_leader;
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if leader == Some(*id) {
+                    MemberRole::Leader
+                } else if voters.contains(id) {
+                    MemberRole::Follower
+                } else {
+                    MemberRole::Learner
+                };
+                Member {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: role as i32,
+                }
+            })
+            .collect();
+        ClusterStatus {
+            leader_id: leader.unwrap_or(0),
+            term: metrics.current_term,
+            members,
+            node_id: self.node.id(),
+            last_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+        }
+    }
+}
+
+fn validate_node(id: u64, addr: Option<&str>) -> Result<(), ApiError> {
+    if id == 0 {
+        return Err(ApiError::Invalid(
+            "node id must be a positive integer".to_string(),
+        ));
+    }
+    if let Some(addr) = addr {
+        crate::bootstrap::parse_addr(addr).map_err(ApiError::Invalid)?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    #[tracing::instrument(skip_all, fields(id = request.get_ref().id, addr = %request.get_ref().addr))]
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        let AddNodeRequest { id, addr } = request.into_inner();
+        validate_node(id, Some(&addr))?;
+        self.node.add_node(id, addr).await.map_err(ApiError::from)?;
+        tracing::info!("node added as voter");
+        Ok(Response::new(self.status()))
+    }
+
+    #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        let id = request.into_inner().id;
+        validate_node(id, None)?;
+        self.node.remove_node(id).await.map_err(ApiError::from)?;
+        tracing::info!("node removed");
+        Ok(Response::new(self.status()))
+    }
+}

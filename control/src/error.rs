@@ -1,0 +1,35 @@
+//! The control plane's API errors, and the one place they become gRPC
+//! statuses (invariant 8: bad input gets the right code and changes nothing).
+
+use berth_raft::NodeError;
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request failed validation before anything was proposed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The replicated operation failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Invalid(msg) => Status::invalid_argument(msg),
+            ApiError::Node(node) => match node {
+                NodeError::NotLeader { .. } => Status::unavailable("no leader available"),
+                NodeError::Unavailable(msg) => Status::unavailable(msg),
+                NodeError::InvalidArgument(msg) => Status::invalid_argument(msg),
+                NodeError::NotFound(msg) => Status::not_found(msg),
+                NodeError::AlreadyExists(msg) => Status::already_exists(msg),
+                NodeError::FailedPrecondition(msg) => Status::failed_precondition(msg),
+                NodeError::Internal(msg) => {
+                    tracing::error!(error = %msg, "internal error");
+                    Status::internal("internal error; see the control node's log")
+                }
+            },
+        }
+    }
+}

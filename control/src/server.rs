@@ -1,0 +1,52 @@
+//! Serves every gRPC service of a control node on one address: the public
+//! `berth.v1` API, the internal Raft transport, health and reflection.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_proto::raft_v1::raft_service_server::RaftServiceServer;
+use berth_proto::v1::cluster_service_server::ClusterServiceServer;
+use berth_proto::v1::sandbox_service_server::SandboxServiceServer;
+use berth_raft::network::server::RaftServer;
+use berth_raft::RaftNode;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{ClusterApi, SandboxApi};
+
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    node: Arc<RaftNode>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SandboxServiceServer<SandboxApi>>()
+        .await;
+    health
+        .set_serving::<ClusterServiceServer<ClusterApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build reflection service")?;
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(SandboxServiceServer::new(SandboxApi::new(node.clone())))
+        .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone())))
+        .add_service(
+            RaftServiceServer::new(RaftServer::new(node))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("gRPC server failed")
+}
