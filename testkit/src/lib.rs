@@ -1,1 +1,11 @@
+//! Test harness for berth's multi-process tests: real `berthd` processes on
+//! loopback ports, each in its own data dir under a temp dir.
+//!
+//! Every process a test starts is killed when its [`TestCluster`] drops,
+//! also when the test fails (the node logs are then printed for diagnosis).
 
+mod cluster;
+mod process;
+
+pub use cluster::TestCluster;
+pub use process::{bin_path, free_port, NodeProcess};

@@ -48,6 +48,8 @@ impl ClusterApi {
             members,
             node_id: self.node.id(),
             last_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+            snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
+            purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
         }
     }
 }

@@ -42,6 +42,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Adding a learner waits for it to catch up, which can take longer.
 const MEMBERSHIP_BUDGET: Duration = Duration::from_secs(30);
 
+/// A leader that has not heard from a quorum for this long refuses writes.
+const QUORUM_CONTACT_MS: u64 = 1_000;
+
 enum Attempt {
     Done(Result<LeaderReply, NodeError>),
     Retry(NodeError),
@@ -97,15 +100,14 @@ impl RaftNode {
             }
             let attempt = match self.raft.current_leader().await {
                 None => Attempt::Retry(NodeError::Unavailable("no leader elected".to_string())),
-                Some(leader) if leader == self.id => {
-                    match timeout(remaining, self.execute_local(op.clone())).await {
-                        Ok(Err(e @ NodeError::NotLeader { .. })) => Attempt::Retry(e),
-                        Ok(result) => Attempt::Done(result),
-                        Err(_) => Attempt::Done(Err(quorum_timeout(budget))),
-                    }
-                }
                 Some(leader) => {
-                    match timeout(remaining, self.forward(leader, &op, remaining)).await {
+                    let result = if leader == self.id {
+                        timeout(remaining, self.execute_local(op.clone())).await
+                    } else {
+                        timeout(remaining, self.forward(leader, &op, remaining)).await
+                    };
+                    match result {
+                        // Refused before anything was proposed: safe to retry.
                         Ok(Err(e @ (NodeError::NotLeader { .. } | NodeError::Unavailable(_)))) => {
                             Attempt::Retry(e)
                         }
@@ -129,17 +131,24 @@ impl RaftNode {
     pub async fn execute_local(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
         match op {
             LeaderOp::Write(command) => {
+                self.check_quorum_contact()?;
                 let response = self.raft.client_write(command).await.map_err(write_error)?;
                 Ok(LeaderReply::Written(response.data))
             }
             LeaderOp::ReadIndex => {
-                let read_log_id = self.raft.ensure_linearizable().await.map_err(|e| {
-                    leader_error(e, |api| match api {
+                let read_log_id = self.raft.ensure_linearizable().await.map_err(|e| match e {
+                    RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => {
+                        NodeError::Unavailable(format!(
+                            "the leader (node {}) cannot reach a quorum to confirm a read",
+                            self.id
+                        ))
+                    }
+                    e => leader_error(e, |api| match api {
                         CheckIsLeaderError::ForwardToLeader(f) => {
                             Some(f.leader_id.unwrap_or_default())
                         }
                         CheckIsLeaderError::QuorumNotEnough(_) => None,
-                    })
+                    }),
                 })?;
                 Ok(LeaderReply::ReadIndex(
                     read_log_id.map(|id| id.index).unwrap_or(0),
@@ -147,6 +156,20 @@ impl RaftNode {
             }
             LeaderOp::AddNode { id, addr } => self.add_node_local(id, addr).await,
             LeaderOp::RemoveNode { id } => self.remove_node_local(id).await,
+        }
+    }
+
+    /// Refuses a write up front when this leader has not heard from a
+    /// quorum lately: proposing it would only time out, and the entry could
+    /// still commit later, after the client was told it failed.
+    fn check_quorum_contact(&self) -> Result<(), NodeError> {
+        let metrics = self.metrics();
+        match metrics.millis_since_quorum_ack {
+            Some(ms) if ms > QUORUM_CONTACT_MS => Err(NodeError::Unavailable(format!(
+                "the leader (node {}) has not heard from a quorum for {ms} ms",
+                self.id
+            ))),
+            _ => Ok(()),
         }
     }
 

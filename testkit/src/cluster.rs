@@ -1,0 +1,247 @@
+//! A cluster of real `berthd` processes on loopback.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use berth_proto::v1::cluster_service_client::ClusterServiceClient;
+use berth_proto::v1::sandbox_service_client::SandboxServiceClient;
+use berth_proto::v1::{ClusterStatus, GetStatusRequest};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::process::{bin_path, free_port, NodeProcess};
+
+struct NodeSlot {
+    addr: String,
+    process: Option<NodeProcess>,
+}
+
+/// Control nodes `1..=n` of one cluster, plus any added later.
+pub struct TestCluster {
+    dir: TempDir,
+    extra_args: Vec<String>,
+    initial: String,
+    nodes: BTreeMap<u64, NodeSlot>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes bootstrapped as one cluster and waits for a leader.
+    pub async fn start(n: u64) -> anyhow::Result<Self> {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`TestCluster::start`], passing `extra_args` to every `berthd`.
+    pub async fn start_with(n: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            nodes.insert(
+                id,
+                NodeSlot {
+                    addr,
+                    process: None,
+                },
+            );
+        }
+        let initial = nodes
+            .iter()
+            .map(|(id, slot)| format!("{id}={}", slot.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            initial,
+            nodes,
+        };
+        for id in 1..=n {
+            cluster.spawn(id, None)?;
+        }
+        cluster.wait_for_leader(Duration::from_secs(20)).await?;
+        Ok(cluster)
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        self.nodes.get(&id).map(|s| s.addr.as_str()).unwrap_or("")
+    }
+
+    /// Ids of nodes whose process is running.
+    pub fn running(&mut self) -> Vec<u64> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|(id, s)| {
+                s.process
+                    .as_mut()
+                    .is_some_and(NodeProcess::is_running)
+                    .then_some(*id)
+            })
+            .collect()
+    }
+
+    /// Comma-separated addresses of all nodes, for `--control`.
+    pub fn control_addrs(&self) -> String {
+        self.nodes
+            .values()
+            .map(|s| s.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn process(&mut self, id: u64) -> Option<&mut NodeProcess> {
+        self.nodes.get_mut(&id).and_then(|s| s.process.as_mut())
+    }
+
+    fn spawn(&mut self, id: u64, join: Option<String>) -> anyhow::Result<()> {
+        let data_dir = self.data_dir(id);
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        let slot = self.nodes.get_mut(&id).context("unknown node")?;
+        let mut args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--listen".to_string(),
+            slot.addr.clone(),
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+        ];
+        match join {
+            Some(join) => args.extend(["--join".to_string(), join]),
+            None => args.extend(["--initial-cluster".to_string(), self.initial.clone()]),
+        }
+        args.extend(self.extra_args.iter().cloned());
+        slot.process = Some(NodeProcess::spawn(
+            &format!("berthd-{id}"),
+            &bin_path("berthd"),
+            &args,
+            &log,
+        )?);
+        Ok(())
+    }
+
+    /// Restarts a stopped node from its data dir.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.spawn(id, None)
+    }
+
+    /// Starts a new node `id` that joins through the existing nodes.
+    pub fn start_joining(&mut self, id: u64) -> anyhow::Result<()> {
+        let join = self.control_addrs();
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        self.nodes.insert(
+            id,
+            NodeSlot {
+                addr,
+                process: None,
+            },
+        );
+        self.spawn(id, Some(join))
+    }
+
+    /// `kill -9` a node.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(p) = self.process(id) {
+            p.kill9();
+        }
+    }
+
+    pub async fn channel(&self, id: u64) -> anyhow::Result<Channel> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr(id)))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(30));
+        Ok(endpoint.connect().await?)
+    }
+
+    pub async fn sandboxes(&self, id: u64) -> anyhow::Result<SandboxServiceClient<Channel>> {
+        Ok(SandboxServiceClient::new(self.channel(id).await?))
+    }
+
+    pub async fn cluster_client(&self, id: u64) -> anyhow::Result<ClusterServiceClient<Channel>> {
+        Ok(ClusterServiceClient::new(self.channel(id).await?))
+    }
+
+    pub async fn status(&self, id: u64) -> anyhow::Result<ClusterStatus> {
+        let mut client = self.cluster_client(id).await?;
+        Ok(client.get_status(GetStatusRequest {}).await?.into_inner())
+    }
+
+    /// Waits until every running node agrees on one leader that is running.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.running();
+            let mut leaders = Vec::new();
+            for id in &running {
+                if let Ok(status) = self.status(*id).await {
+                    leaders.push(status.leader_id);
+                }
+            }
+            if leaders.len() == running.len()
+                && !leaders.is_empty()
+                && leaders
+                    .iter()
+                    .all(|l| *l == leaders[0] && running.contains(l))
+            {
+                return Ok(leaders[0]);
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {timeout:?} (running {running:?}, leaders {leaders:?})\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(
+        &self,
+        id: u64,
+        index: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<ClusterStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(status) = self.status(id).await {
+                if status.last_applied_index >= index {
+                    return Ok(status);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} did not apply index {index} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Tails of every node's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (id, slot) in &self.nodes {
+            if let Some(p) = &slot.process {
+                out.push_str(&format!(
+                    "--- node {id} ({}) ---\n{}\n",
+                    p.log.display(),
+                    p.log_tail(40)
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for slot in self.nodes.values_mut() {
+            if let Some(mut p) = slot.process.take() {
+                p.kill9();
+            }
+        }
+    }
+}
