@@ -3,6 +3,8 @@
 //! (1), restarted and lagging nodes catch up from the replicated log or a
 //! snapshot (2), and a cluster without quorum answers Unavailable (8).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs berth's whole test suite: unit tests, the openraft storage suite,
+# and the multi-process cluster and CLI tests (real berthd processes on
+# loopback). Installs missing system packages first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --workspace --bins
+cargo test --workspace
