@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/berth/v1/sandbox.proto",
                 "proto/berth/v1/cluster.proto",
                 "proto/berth/raft/v1/raft.proto",
+                "proto/berth/agent/v1/agent.proto",
             ],
             &["proto"],
         )?;

@@ -13,5 +13,11 @@ pub mod raft_v1 {
     tonic::include_proto!("berth.raft.v1");
 }
 
+/// Control plane <-> node agent protocol.
+pub mod agent_v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("berth.agent.v1");
+}
+
 /// Encoded file descriptor set for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_descriptor");

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{SandboxRecord, SandboxSpec};
+use super::{Desired, NodeRecord, Phase, SandboxRecord, SandboxSpec};
 
 /// A state-machine command, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,8 +18,43 @@ pub enum Command {
         spec: SandboxSpec,
         created_at_ms: i64,
     },
-    /// Delete a sandbox record.
-    DeleteSandbox { name: String },
+    /// Delete a sandbox: at once if it was never placed, else marked
+    /// Deleting until its node has removed it.
+    DeleteSandbox {
+        name: String,
+        #[serde(default)]
+        keep_volume: bool,
+    },
+    /// Ask for the sandbox to run or be stopped.
+    SetDesired { name: String, desired: Desired },
+    /// Place a sandbox on a node, committed before anything runs there.
+    ScheduleSandbox { name: String, uid: String, node: String },
+    /// Record what the sandbox's actor observed.
+    SetSandboxStatus {
+        name: String,
+        uid: String,
+        phase: Phase,
+        message: String,
+        container_id: String,
+    },
+    /// Forget a sandbox its node has deleted.
+    RemoveSandbox { name: String, uid: String },
+    /// An agent registered (or re-registered) with the leader.
+    RegisterNode {
+        name: String,
+        driver: String,
+        data_addr: String,
+        cpus: u32,
+        memory_bytes: u64,
+        at_ms: i64,
+    },
+    /// An agent's liveness changed.
+    SetNodeReady {
+        name: String,
+        ready: bool,
+        message: String,
+        at_ms: i64,
+    },
 }
 
 /// Why a command was refused by the state machine (it then changed nothing).
@@ -46,6 +81,8 @@ pub enum CommandResponse {
     Sandbox { record: SandboxRecord },
     /// The record was removed.
     Deleted { name: String },
+    /// The node record after the command.
+    Node { record: NodeRecord },
     /// The command was refused and changed nothing.
     Rejected { rejection: Rejection },
 }

@@ -1,11 +1,13 @@
-//! The replicated state machine's data: sandbox records and the commands
-//! that change them. Pure and deterministic: `apply` never reads a clock or a
-//! random source; timestamps and ids travel inside the commands.
+//! The replicated state machine's data: sandbox and node records and the
+//! commands that change them. Pure and deterministic: `apply` never reads a
+//! clock or a random source; timestamps and ids travel inside the commands.
 
 mod command;
+mod node;
 mod sandbox;
-mod table;
+mod state;
 
 pub use command::{Command, CommandResponse, Rejection, RejectionKind};
-pub use sandbox::{Phase, SandboxRecord, SandboxSpec};
-pub use table::{Change, SandboxTable};
+pub use node::NodeRecord;
+pub use sandbox::{volume_name, Desired, Phase, SandboxRecord, SandboxSpec};
+pub use state::{Change, State, NO_NODE_MESSAGE, UNSCHEDULED_MESSAGE};

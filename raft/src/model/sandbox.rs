@@ -41,6 +41,23 @@ impl Phase {
     }
 }
 
+/// What the user asked the sandbox to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Desired {
+    #[default]
+    Running,
+    Stopped,
+    Deleted { keep_volume: bool },
+}
+
+/// The name of a sandbox's one workspace volume (invariant 4). Derived from
+/// the name and uid, so a re-created sandbox of the same name never reuses
+/// an old volume by accident.
+pub fn volume_name(name: &str, uid: &str) -> String {
+    let short: String = uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    format!("berth-{name}-{short}")
+}
+
 /// One sandbox, as replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
@@ -55,4 +72,14 @@ pub struct SandboxRecord {
     /// Why the sandbox is in its phase, in one line.
     #[serde(default)]
     pub message: String,
+    #[serde(default)]
+    pub desired: Desired,
+    /// The node holding the sandbox's volume; once set, it never changes.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub container_id: String,
+    /// The workspace volume, fixed at creation.
+    #[serde(default)]
+    pub volume: String,
 }

@@ -19,7 +19,16 @@ pub(crate) fn log_index(key: &[u8]) -> Option<u64> {
 }
 
 pub(crate) fn sandbox_key(name: &str) -> Vec<u8> {
-    let mut key = b"sandbox/".to_vec();
+    let mut key = SANDBOX_PREFIX.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub(crate) const SANDBOX_PREFIX: &[u8] = b"sandbox/";
+pub(crate) const NODE_PREFIX: &[u8] = b"node/";
+
+pub(crate) fn node_key(name: &str) -> Vec<u8> {
+    let mut key = NODE_PREFIX.to_vec();
     key.extend_from_slice(name.as_bytes());
     key
 }

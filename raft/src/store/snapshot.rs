@@ -3,14 +3,14 @@
 //!
 //! Layout: magic `BSNP`, one format-version byte, then frames of
 //! `u32 big-endian length + codec value`. The first frame is the header
-//! (snapshot meta and record count), each further frame one sandbox record.
-//! Frames let a later release add record kinds without rewriting old files.
+//! (snapshot meta and item count), each further frame one item: a sandbox
+//! or a node record. Tagged items let a later release add record kinds.
 
 use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, FORMAT_V1};
-use crate::model::SandboxRecord;
+use crate::model::{NodeRecord, SandboxRecord};
 use crate::NodeId;
 
 const MAGIC: &[u8; 4] = b"BSNP";
@@ -37,11 +37,18 @@ struct Header {
     record_count: u64,
 }
 
-/// A decoded snapshot: its meta and every sandbox record.
+#[derive(Serialize, Deserialize)]
+enum Item {
+    Sandbox(SandboxRecord),
+    Node(NodeRecord),
+}
+
+/// A decoded snapshot: its meta and every record.
 #[derive(Debug, Clone)]
 pub struct SnapshotFile {
     pub meta: SnapshotMeta<NodeId, BasicNode>,
     pub records: Vec<SandboxRecord>,
+    pub nodes: Vec<NodeRecord>,
 }
 
 impl SnapshotFile {
@@ -51,11 +58,14 @@ impl SnapshotFile {
         out.push(FORMAT_V1);
         let header = Header {
             meta: self.meta.clone(),
-            record_count: self.records.len() as u64,
+            record_count: (self.records.len() + self.nodes.len()) as u64,
         };
         push_frame(&mut out, &codec::encode(&header)?)?;
         for record in &self.records {
-            push_frame(&mut out, &codec::encode(record)?)?;
+            push_frame(&mut out, &codec::encode(&Item::Sandbox(record.clone()))?)?;
+        }
+        for node in &self.nodes {
+            push_frame(&mut out, &codec::encode(&Item::Node(node.clone()))?)?;
         }
         Ok(out)
     }
@@ -64,18 +74,24 @@ impl SnapshotFile {
         let mut reader = FrameReader::new(bytes)?;
         let header: Header = codec::decode(reader.next_frame()?.ok_or(SnapshotError::Truncated)?)?;
         let mut records = Vec::new();
+        let mut nodes = Vec::new();
         while let Some(frame) = reader.next_frame()? {
-            records.push(codec::decode(frame)?);
+            match codec::decode(frame)? {
+                Item::Sandbox(r) => records.push(r),
+                Item::Node(n) => nodes.push(n),
+            }
         }
-        if records.len() as u64 != header.record_count {
+        let found = (records.len() + nodes.len()) as u64;
+        if found != header.record_count {
             return Err(SnapshotError::CountMismatch {
                 expected: header.record_count,
-                found: records.len() as u64,
+                found,
             });
         }
         Ok(Self {
             meta: header.meta,
             records,
+            nodes,
         })
     }
 
@@ -131,7 +147,7 @@ impl<'a> FrameReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Phase, SandboxSpec};
+    use crate::model::{Desired, Phase, SandboxSpec};
     use openraft::{LogId, StoredMembership};
 
     fn file(n: usize) -> SnapshotFile {
@@ -148,8 +164,23 @@ mod tests {
                 created_at_ms: 5,
                 phase: Phase::Pending,
                 message: String::new(),
+                desired: Desired::Running,
+                node: Some("n1".into()),
+                container_id: String::new(),
+                volume: format!("berth-s{i}-u{i}"),
             })
             .collect();
+        let nodes = vec![NodeRecord {
+            name: "n1".into(),
+            driver: "container".into(),
+            data_addr: "127.0.0.1:1".into(),
+            cpus: 2,
+            memory_bytes: 3,
+            ready: true,
+            message: String::new(),
+            registered_at_ms: 1,
+            changed_at_ms: 2,
+        }];
         SnapshotFile {
             meta: SnapshotMeta {
                 last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 9)),
@@ -157,6 +188,7 @@ mod tests {
                 snapshot_id: "2-9-1".into(),
             },
             records,
+            nodes,
         }
     }
 
@@ -165,6 +197,7 @@ mod tests {
         let bytes = file(3).encode().unwrap();
         let back = SnapshotFile::decode(&bytes).unwrap();
         assert_eq!(back.records, file(3).records);
+        assert_eq!(back.nodes, file(3).nodes);
         assert_eq!(back.meta, file(3).meta);
         assert_eq!(SnapshotFile::decode_meta(&bytes).unwrap(), file(3).meta);
     }

@@ -20,7 +20,7 @@ use super::keys;
 use super::snapshot::SnapshotFile;
 use super::{synced, CF_SM, CF_SM_META};
 use crate::codec;
-use crate::model::{Change, CommandResponse, SandboxTable};
+use crate::model::{Change, CommandResponse, State};
 use crate::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -30,7 +30,7 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 pub struct StateView {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, BasicNode>,
-    pub table: SandboxTable,
+    pub table: State,
 }
 
 /// The applied state, shared between the state machine and readers.
@@ -86,8 +86,12 @@ impl StateMachineStore {
             view.membership = codec::decode(&bytes).map_err(io_read)?;
         }
         for item in db.iterator_cf(sm, IteratorMode::Start) {
-            let (_, value) = item.map_err(io_read)?;
-            view.table.insert(codec::decode(&value).map_err(io_read)?);
+            let (key, value) = item.map_err(io_read)?;
+            if key.starts_with(keys::NODE_PREFIX) {
+                view.table.insert_node(codec::decode(&value).map_err(io_read)?);
+            } else if key.starts_with(keys::SANDBOX_PREFIX) {
+                view.table.insert(codec::decode(&value).map_err(io_read)?);
+            }
         }
         Ok(Self {
             db,
@@ -121,6 +125,20 @@ impl StateMachineStore {
     }
 }
 
+/// Adds one applied change to the batch.
+fn persist(batch: &mut WriteBatch, sm_cf: &rocksdb::ColumnFamily, change: Change) -> StorageResult<()> {
+    match change {
+        Change::PutSandbox(record) => batch.put_cf(
+            sm_cf,
+            keys::sandbox_key(&record.name),
+            codec::encode(&record).map_err(io_write)?,
+        ),
+        Change::DeleteSandbox(name) => batch.delete_cf(sm_cf, keys::sandbox_key(&name)),
+        Change::PutNode(node) => batch.put_cf(sm_cf, keys::node_key(&node.name), codec::encode(&node).map_err(io_write)?),
+    }
+    Ok(())
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let file = {
@@ -137,6 +155,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     snapshot_id,
                 },
                 records: view.table.iter().cloned().collect(),
+                nodes: view.table.nodes().cloned().collect(),
             }
         };
         let bytes = file.encode().map_err(io_write)?;
@@ -181,16 +200,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(command) => {
                     let (response, changes) = view.table.apply(&command);
                     for change in changes {
-                        match change {
-                            Change::Put(record) => batch.put_cf(
-                                sm_cf,
-                                keys::sandbox_key(&record.name),
-                                codec::encode(&record).map_err(io_write)?,
-                            ),
-                            Change::Delete(name) => {
-                                batch.delete_cf(sm_cf, keys::sandbox_key(&name))
-                            }
-                        }
+                        persist(&mut batch, sm_cf, change)?;
                     }
                     response
                 }
@@ -226,7 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let (key, _) = item.map_err(io_read)?;
             batch.delete_cf(sm_cf, key);
         }
-        let mut table = SandboxTable::default();
+        let mut table = State::default();
         for record in file.records {
             batch.put_cf(
                 sm_cf,
@@ -234,6 +244,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 codec::encode(&record).map_err(io_write)?,
             );
             table.insert(record);
+        }
+        for node in file.nodes {
+            batch.put_cf(sm_cf, keys::node_key(&node.name), codec::encode(&node).map_err(io_write)?);
+            table.insert_node(node);
         }
         let view = StateView {
             last_applied: meta.last_log_id,
