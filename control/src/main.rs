@@ -6,7 +6,9 @@
 
 mod api;
 mod bootstrap;
+mod clock;
 mod error;
+mod leader;
 mod server;
 mod validate;
 
@@ -134,7 +136,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "berthd serving");
-    let server = tokio::spawn(server::serve(node.clone(), listener, shutdown_signal()));
+    let leadership = leader::Leadership::watch(node.clone());
+    let server = tokio::spawn(server::serve(
+        node.clone(),
+        leadership,
+        listener,
+        shutdown_signal(),
+    ));
 
     if node.is_initialized().await? {
         if args.initial_cluster.is_some() || args.join.is_some() {

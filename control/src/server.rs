@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use berth_proto::agent_v1::agent_control_server::AgentControlServer;
 use berth_proto::raft_v1::raft_service_server::RaftServiceServer;
 use berth_proto::v1::cluster_service_server::ClusterServiceServer;
 use berth_proto::v1::sandbox_service_server::SandboxServiceServer;
@@ -13,13 +14,15 @@ use berth_raft::RaftNode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{ClusterApi, SandboxApi};
+use crate::api::{AgentSessions, ClusterApi, SandboxApi};
+use crate::leader::Leadership;
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     node: Arc<RaftNode>,
+    leadership: Leadership,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -41,6 +44,10 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(SandboxServiceServer::new(SandboxApi::new(node.clone())))
         .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone())))
+        .add_service(AgentControlServer::new(AgentSessions::new(
+            node.clone(),
+            leadership,
+        )))
         .add_service(
             RaftServiceServer::new(RaftServer::new(node))
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -21,7 +21,8 @@ use std::io::Cursor;
 
 pub use error::NodeError;
 pub use model::{
-    Command, CommandResponse, Phase, Rejection, RejectionKind, SandboxRecord, SandboxSpec,
+    Command, CommandResponse, Desired, NodeRecord, Phase, Rejection, RejectionKind, SandboxRecord,
+    SandboxSpec, State,
 };
 pub use node::{NodeConfig, RaftNode};
 

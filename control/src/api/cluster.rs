@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use berth_proto::v1::cluster_service_server::ClusterService;
 use berth_proto::v1::{
-    AddNodeRequest, ClusterStatus, GetStatusRequest, Member, MemberRole, RemoveNodeRequest,
+    AddNodeRequest, Agent, ClusterStatus, GetStatusRequest, ListAgentsRequest, ListAgentsResponse,
+    Member, MemberRole, RemoveNodeRequest,
 };
 use berth_raft::RaftNode;
 use tonic::{Request, Response, Status};
@@ -97,5 +98,30 @@ impl ClusterService for ClusterApi {
         self.node.remove_node(id).await.map_err(ApiError::from)?;
         tracing::info!("node removed");
         Ok(Response::new(self.status()))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        self.node.read_barrier().await.map_err(ApiError::from)?;
+        let state = self.node.state().read();
+        let agents = state
+            .table
+            .nodes()
+            .map(|n| Agent {
+                name: n.name.clone(),
+                driver: n.driver.clone(),
+                ready: n.ready,
+                message: n.message.clone(),
+                sandboxes: state
+                    .table
+                    .iter()
+                    .filter(|s| s.node.as_deref() == Some(n.name.as_str()))
+                    .count() as u32,
+                data_addr: n.data_addr.clone(),
+            })
+            .collect();
+        Ok(Response::new(ListAgentsResponse { agents }))
     }
 }

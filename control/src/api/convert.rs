@@ -1,7 +1,7 @@
 //! Conversions between replicated records and `berth.v1` messages.
 
 use berth_proto::v1;
-use berth_raft::{Phase, SandboxRecord, SandboxSpec};
+use berth_raft::{Desired, Phase, SandboxRecord, SandboxSpec};
 
 pub fn phase_to_proto(phase: Phase) -> v1::Phase {
     match phase {
@@ -39,5 +39,13 @@ pub fn sandbox_to_proto(record: &SandboxRecord) -> v1::Sandbox {
         created_at_unix_ms: record.created_at_ms,
         phase: phase_to_proto(record.phase) as i32,
         message: record.message.clone(),
+        node: record.node.clone().unwrap_or_default(),
+        container_id: record.container_id.clone(),
+        volume: record.volume.clone(),
+        desired: match record.desired {
+            Desired::Running => v1::DesiredState::Running,
+            Desired::Stopped => v1::DesiredState::Stopped,
+            Desired::Deleted { .. } => v1::DesiredState::Deleted,
+        } as i32,
     }
 }

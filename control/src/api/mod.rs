@@ -2,9 +2,12 @@
 //! `berth.v1.ClusterService`. Handlers validate, then go through
 //! [`berth_raft::RaftNode`]; they hold no state of their own.
 
+mod agent_session;
 mod cluster;
 mod convert;
+mod data_plane;
 mod sandbox;
 
+pub use agent_session::AgentSessions;
 pub use cluster::ClusterApi;
 pub use sandbox::SandboxApi;

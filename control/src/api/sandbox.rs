@@ -1,17 +1,20 @@
 //! `berth.v1.SandboxService`: create, get, list and delete sandbox records.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_proto::v1::sandbox_service_server::SandboxService;
 use berth_proto::v1::{
-    CreateSandboxRequest, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest,
-    ListSandboxesRequest, ListSandboxesResponse, ReadConsistency, Sandbox,
+    CreateSandboxRequest, DeleteSandboxRequest, DeleteSandboxResponse, ExecSandboxOutput,
+    ExecSandboxRequest, GetSandboxRequest, ListSandboxesRequest, ListSandboxesResponse,
+    ReadConsistency, Sandbox, SandboxLogChunk, SandboxLogsRequest, StartSandboxRequest,
+    StopSandboxRequest, WatchSandboxRequest,
 };
-use berth_raft::{Command, CommandResponse, NodeError, RaftNode};
+use berth_raft::{Command, CommandResponse, Desired, NodeError, RaftNode};
 use tonic::{Request, Response, Status};
 
 use super::convert::{sandbox_to_proto, spec_from_proto};
+use super::data_plane::{self, BoxStream};
+use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::validate::{validate_env, validate_image, validate_name, validate_policy};
 
@@ -87,22 +90,30 @@ impl SandboxApi {
         request: DeleteSandboxRequest,
     ) -> Result<DeleteSandboxResponse, ApiError> {
         validate_name(&request.name)?;
-        match self
-            .node
-            .write(Command::DeleteSandbox { name: request.name })
-            .await?
-        {
-            CommandResponse::Deleted { .. } => Ok(DeleteSandboxResponse {}),
+        let command = Command::DeleteSandbox {
+            name: request.name,
+            keep_volume: request.keep_volume,
+        };
+        match self.node.write(command).await? {
+            CommandResponse::Deleted { .. } => Ok(DeleteSandboxResponse { sandbox: None }),
+            CommandResponse::Sandbox { record } => Ok(DeleteSandboxResponse {
+                sandbox: Some(sandbox_to_proto(&record)),
+            }),
             other => Err(unexpected(other)),
         }
     }
-}
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    async fn set_desired(&self, name: String, desired: Desired) -> Result<Sandbox, ApiError> {
+        validate_name(&name)?;
+        match self
+            .node
+            .write(Command::SetDesired { name, desired })
+            .await?
+        {
+            CommandResponse::Sandbox { record } => Ok(sandbox_to_proto(&record)),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 fn unexpected(response: CommandResponse) -> ApiError {
@@ -111,6 +122,10 @@ fn unexpected(response: CommandResponse) -> ApiError {
 
 #[tonic::async_trait]
 impl SandboxService for SandboxApi {
+    type ExecSandboxStream = BoxStream<ExecSandboxOutput>;
+    type SandboxLogsStream = BoxStream<SandboxLogChunk>;
+    type WatchSandboxStream = BoxStream<Sandbox>;
+
     #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
     async fn create_sandbox(
         &self,
@@ -143,5 +158,62 @@ impl SandboxService for SandboxApi {
         let response = self.delete(request.into_inner()).await?;
         tracing::info!("sandbox deleted");
         Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn stop_sandbox(
+        &self,
+        request: Request<StopSandboxRequest>,
+    ) -> Result<Response<Sandbox>, Status> {
+        let sandbox = self
+            .set_desired(request.into_inner().name, Desired::Stopped)
+            .await?;
+        tracing::info!("sandbox stop requested");
+        Ok(Response::new(sandbox))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn start_sandbox(
+        &self,
+        request: Request<StartSandboxRequest>,
+    ) -> Result<Response<Sandbox>, Status> {
+        let sandbox = self
+            .set_desired(request.into_inner().name, Desired::Running)
+            .await?;
+        tracing::info!("sandbox start requested");
+        Ok(Response::new(sandbox))
+    }
+
+    async fn exec_sandbox(
+        &self,
+        request: Request<ExecSandboxRequest>,
+    ) -> Result<Response<Self::ExecSandboxStream>, Status> {
+        let ExecSandboxRequest { name, command } = request.into_inner();
+        validate_name(&name)?;
+        Ok(Response::new(
+            data_plane::exec(&self.node, &name, command).await?,
+        ))
+    }
+
+    async fn sandbox_logs(
+        &self,
+        request: Request<SandboxLogsRequest>,
+    ) -> Result<Response<Self::SandboxLogsStream>, Status> {
+        let SandboxLogsRequest { name, follow } = request.into_inner();
+        validate_name(&name)?;
+        Ok(Response::new(
+            data_plane::logs(&self.node, &name, follow).await?,
+        ))
+    }
+
+    async fn watch_sandbox(
+        &self,
+        request: Request<WatchSandboxRequest>,
+    ) -> Result<Response<Self::WatchSandboxStream>, Status> {
+        let name = request.into_inner().name;
+        validate_name(&name)?;
+        Ok(Response::new(
+            data_plane::watch(self.node.clone(), name).await?,
+        ))
     }
 }

@@ -28,7 +28,11 @@ pub enum Command {
     /// Ask for the sandbox to run or be stopped.
     SetDesired { name: String, desired: Desired },
     /// Place a sandbox on a node, committed before anything runs there.
-    ScheduleSandbox { name: String, uid: String, node: String },
+    ScheduleSandbox {
+        name: String,
+        uid: String,
+        node: String,
+    },
     /// Record what the sandbox's actor observed.
     SetSandboxStatus {
         name: String,

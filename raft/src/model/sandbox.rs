@@ -47,14 +47,20 @@ pub enum Desired {
     #[default]
     Running,
     Stopped,
-    Deleted { keep_volume: bool },
+    Deleted {
+        keep_volume: bool,
+    },
 }
 
 /// The name of a sandbox's one workspace volume (invariant 4). Derived from
 /// the name and uid, so a re-created sandbox of the same name never reuses
 /// an old volume by accident.
 pub fn volume_name(name: &str, uid: &str) -> String {
-    let short: String = uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let short: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
     format!("berth-{name}-{short}")
 }
 

@@ -35,12 +35,17 @@ pub struct State {
 type Applied = (CommandResponse, Vec<Change>);
 
 fn not_found(name: &str) -> Applied {
-    (CommandResponse::rejected(NotFound, format!("sandbox {name:?} not found")), vec![])
+    (
+        CommandResponse::rejected(NotFound, format!("sandbox {name:?} not found")),
+        vec![],
+    )
 }
 
 fn put(record: SandboxRecord) -> Applied {
     (
-        CommandResponse::Sandbox { record: record.clone() },
+        CommandResponse::Sandbox {
+            record: record.clone(),
+        },
         vec![Change::PutSandbox(record)],
     )
 }
@@ -175,7 +180,8 @@ impl State {
                 }
                 match &record.node {
                     Some(current) if current != node => {
-                        let msg = format!("sandbox {name:?} lives on node {current}; it cannot move");
+                        let msg =
+                            format!("sandbox {name:?} lives on node {current}; it cannot move");
                         (CommandResponse::rejected(FailedPrecondition, msg), vec![])
                     }
                     _ => {
@@ -235,7 +241,9 @@ impl State {
                     changed_at_ms: *at_ms,
                 };
                 (
-                    CommandResponse::Node { record: record.clone() },
+                    CommandResponse::Node {
+                        record: record.clone(),
+                    },
                     vec![Change::PutNode(record)],
                 )
             }
@@ -254,7 +262,9 @@ impl State {
                 record.message = message.clone();
                 record.changed_at_ms = *at_ms;
                 (
-                    CommandResponse::Node { record: record.clone() },
+                    CommandResponse::Node {
+                        record: record.clone(),
+                    },
                     vec![Change::PutNode(record)],
                 )
             }

@@ -33,7 +33,7 @@ pub enum LeaderOp {
 /// What a leader operation returned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
-    Written(CommandResponse),
+    Written(Box<CommandResponse>),
     ReadIndex(u64),
     MembershipChanged,
 }
@@ -133,7 +133,7 @@ impl RaftNode {
             LeaderOp::Write(command) => {
                 self.check_quorum_contact()?;
                 let response = self.raft.client_write(command).await.map_err(write_error)?;
-                Ok(LeaderReply::Written(response.data))
+                Ok(LeaderReply::Written(Box::new(response.data)))
             }
             LeaderOp::ReadIndex => {
                 let read_log_id = self.raft.ensure_linearizable().await.map_err(|e| match e {

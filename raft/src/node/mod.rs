@@ -158,8 +158,10 @@ impl RaftNode {
     /// the state machine refused comes back as the matching error.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, NodeError> {
         match self.on_leader(LeaderOp::Write(command)).await? {
-            LeaderReply::Written(CommandResponse::Rejected { rejection }) => Err(rejection.into()),
-            LeaderReply::Written(response) => Ok(response),
+            LeaderReply::Written(response) => match *response {
+                CommandResponse::Rejected { rejection } => Err(rejection.into()),
+                response => Ok(response),
+            },
             other => Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
         }
     }

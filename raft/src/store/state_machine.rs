@@ -88,7 +88,8 @@ impl StateMachineStore {
         for item in db.iterator_cf(sm, IteratorMode::Start) {
             let (key, value) = item.map_err(io_read)?;
             if key.starts_with(keys::NODE_PREFIX) {
-                view.table.insert_node(codec::decode(&value).map_err(io_read)?);
+                view.table
+                    .insert_node(codec::decode(&value).map_err(io_read)?);
             } else if key.starts_with(keys::SANDBOX_PREFIX) {
                 view.table.insert(codec::decode(&value).map_err(io_read)?);
             }
@@ -126,7 +127,11 @@ impl StateMachineStore {
 }
 
 /// Adds one applied change to the batch.
-fn persist(batch: &mut WriteBatch, sm_cf: &rocksdb::ColumnFamily, change: Change) -> StorageResult<()> {
+fn persist(
+    batch: &mut WriteBatch,
+    sm_cf: &rocksdb::ColumnFamily,
+    change: Change,
+) -> StorageResult<()> {
     match change {
         Change::PutSandbox(record) => batch.put_cf(
             sm_cf,
@@ -134,7 +139,11 @@ fn persist(batch: &mut WriteBatch, sm_cf: &rocksdb::ColumnFamily, change: Change
             codec::encode(&record).map_err(io_write)?,
         ),
         Change::DeleteSandbox(name) => batch.delete_cf(sm_cf, keys::sandbox_key(&name)),
-        Change::PutNode(node) => batch.put_cf(sm_cf, keys::node_key(&node.name), codec::encode(&node).map_err(io_write)?),
+        Change::PutNode(node) => batch.put_cf(
+            sm_cf,
+            keys::node_key(&node.name),
+            codec::encode(&node).map_err(io_write)?,
+        ),
     }
     Ok(())
 }
@@ -246,7 +255,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             table.insert(record);
         }
         for node in file.nodes {
-            batch.put_cf(sm_cf, keys::node_key(&node.name), codec::encode(&node).map_err(io_write)?);
+            batch.put_cf(
+                sm_cf,
+                keys::node_key(&node.name),
+                codec::encode(&node).map_err(io_write)?,
+            );
             table.insert_node(node);
         }
         let view = StateView {

@@ -117,7 +117,10 @@ fn a_scheduled_sandbox_never_moves_and_its_volume_never_changes() {
     let (resp, changes) = state.apply(&schedule("a", "n2"));
     assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition));
     assert!(changes.is_empty());
-    assert_eq!(state.get("a").and_then(|r| r.node.clone()), Some("n1".into()));
+    assert_eq!(
+        state.get("a").and_then(|r| r.node.clone()),
+        Some("n1".into())
+    );
     assert_eq!(state.get("a").map(|r| r.volume.clone()), volume);
     let (resp, _) = state.apply(&schedule("a", "unknown"));
     assert_eq!(rejected(&resp), Some(RejectionKind::NotFound));

@@ -1,0 +1,275 @@
+//! `SandboxActor`: one per sandbox, on the leader only. On every tick or
+//! nudge it reads the sandbox's record from the state machine and its node's
+//! report from the directory, asks `reconcile::decide` what to do, and
+//! carries the plan out: status and placement are committed to Raft before
+//! any command is sent (invariant 2); commands are idempotent, so a new
+//! leader may safely repeat the last one.
+//!
+//! The actor's own memory holds only what may be lost: the command in
+//! flight and the retry backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::agent_v1::{command, CommandResult, Ensure, Remove, Stop};
+use berth_raft::{Command, SandboxRecord};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
+
+use super::directory::Link;
+use super::node_actor::NodeMsg;
+use super::reconcile::{decide, Action, AgentOp, Inputs, NodeLink};
+use super::LeaderCtx;
+
+const TICK: Duration = Duration::from_secs(1);
+/// A command unanswered this long is considered lost.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub enum SandboxMsg {
+    Tick,
+    /// Something relevant changed; reconcile now.
+    Nudge,
+    CommandDone(Box<CommandResult>),
+}
+
+pub struct SandboxActor;
+
+pub struct SandboxArgs {
+    pub ctx: Arc<LeaderCtx>,
+    pub name: String,
+    pub uid: String,
+}
+
+pub struct SandboxState {
+    ctx: Arc<LeaderCtx>,
+    name: String,
+    uid: String,
+    inflight: Option<(u64, Instant)>,
+    failures: u32,
+    next_attempt: Instant,
+    last_error: Option<String>,
+}
+
+fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.min(5);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+fn op_for(op: AgentOp, r: &SandboxRecord) -> command::Op {
+    match op {
+        AgentOp::Ensure => command::Op::Ensure(Ensure {
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+            revision: r.revision,
+            image: r.spec.image.clone(),
+            env: r.spec.env.clone().into_iter().collect(),
+            policy: r.spec.policy.clone(),
+            volume: r.volume.clone(),
+        }),
+        AgentOp::Stop => command::Op::Stop(Stop {
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+        }),
+        AgentOp::Remove { keep_volume } => command::Op::Remove(Remove {
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+            volume: r.volume.clone(),
+            keep_volume,
+        }),
+    }
+}
+
+impl SandboxState {
+    /// Ready nodes and how many sandboxes each holds.
+    fn ready_nodes(&self) -> Vec<(String, usize)> {
+        let connected = self.ctx.directory.connected();
+        let state = self.ctx.node.state().read();
+        connected
+            .into_iter()
+            .filter(|n| state.table.node(n).is_some_and(|r| r.ready))
+            .map(|n| {
+                let count = state
+                    .table
+                    .iter()
+                    .filter(|r| r.node.as_deref() == Some(n.as_str()))
+                    .count();
+                (n, count)
+            })
+            .collect()
+    }
+
+    /// One reconcile step. Returns false when the actor should stop.
+    async fn reconcile(
+        &mut self,
+        myself: &ActorRef<SandboxMsg>,
+    ) -> Result<bool, ActorProcessingErr> {
+        let record = {
+            let state = self.ctx.node.state().read();
+            state
+                .table
+                .get(&self.name)
+                .filter(|r| r.uid == self.uid)
+                .cloned()
+        };
+        let Some(record) = record else {
+            return Ok(false);
+        };
+        if self
+            .inflight
+            .is_some_and(|(_, sent)| sent.elapsed() > COMMAND_TIMEOUT)
+        {
+            self.inflight = None;
+            self.last_error = Some("the node did not answer a command in time".to_string());
+        }
+        let link = match &record.node {
+            Some(node) => self.ctx.directory.link(node, &record.name),
+            None => Link::Disconnected,
+        };
+        let ready = if record.node.is_none() {
+            self.ready_nodes()
+        } else {
+            vec![]
+        };
+        let plan = decide(Inputs {
+            record: &record,
+            link: match &link {
+                Link::Disconnected => NodeLink::Disconnected,
+                Link::Connected(o) => NodeLink::Connected(o.as_ref()),
+            },
+            ready_nodes: &ready,
+            inflight: self.inflight.is_some(),
+            may_act: Instant::now() >= self.next_attempt,
+            last_error: self.last_error.as_deref(),
+        });
+        if let Some(status) = plan.status {
+            let changed = status.phase != record.phase
+                || status.message != record.message
+                || status.container_id != record.container_id;
+            if changed {
+                self.ctx
+                    .node
+                    .write(Command::SetSandboxStatus {
+                        name: record.name.clone(),
+                        uid: record.uid.clone(),
+                        phase: status.phase,
+                        message: status.message,
+                        container_id: status.container_id,
+                    })
+                    .await?;
+            }
+        }
+        match plan.action {
+            Action::None => {}
+            Action::Schedule(node) => {
+                tracing::info!(sandbox = %record.name, %node, "placing sandbox");
+                self.ctx
+                    .node
+                    .write(Command::ScheduleSandbox {
+                        name: record.name.clone(),
+                        uid: record.uid.clone(),
+                        node,
+                    })
+                    .await?;
+                let _ = myself.send_message(SandboxMsg::Nudge);
+            }
+            Action::Send(op) => {
+                let Some(node) = record.node.as_deref() else {
+                    return Ok(true);
+                };
+                let Some(node_actor) = self.ctx.directory.actor(node) else {
+                    return Ok(true);
+                };
+                if op == AgentOp::Ensure && self.last_error.is_none() {
+                    // A restart after an exit waits its backoff too.
+                    if let Link::Connected(Some(o)) = &link {
+                        if o.state() == berth_proto::agent_v1::ContainerState::Exited {
+                            self.failures += 1;
+                            self.next_attempt = Instant::now() + backoff(self.failures);
+                        }
+                    }
+                }
+                tracing::debug!(sandbox = %record.name, ?op, "sending command");
+                node_actor.send_message(NodeMsg::Send {
+                    op: op_for(op, &record),
+                    reply_to: myself.clone(),
+                })?;
+                self.inflight = Some((0, Instant::now()));
+            }
+            Action::Forget => {
+                tracing::info!(sandbox = %record.name, "sandbox removed from its node; forgetting it");
+                self.ctx
+                    .node
+                    .write(Command::RemoveSandbox {
+                        name: record.name.clone(),
+                        uid: record.uid.clone(),
+                    })
+                    .await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn on_result(&mut self, result: CommandResult) {
+        self.inflight = None;
+        if result.ok {
+            self.last_error = None;
+            let running = result
+                .observed
+                .as_ref()
+                .is_some_and(|o| o.state() == berth_proto::agent_v1::ContainerState::Running);
+            if !running {
+                return;
+            }
+            // Reset the restart backoff once a start succeeded.
+            self.failures = 0;
+        } else if result.refused {
+            self.last_error = None;
+        } else {
+            self.failures += 1;
+            self.next_attempt = Instant::now() + backoff(self.failures);
+            tracing::warn!(sandbox = %self.name, error = %result.error, retry_in = ?backoff(self.failures), "command failed");
+            self.last_error = Some(result.error);
+        }
+    }
+}
+
+impl Actor for SandboxActor {
+    type Msg = SandboxMsg;
+    type State = SandboxState;
+    type Arguments = SandboxArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SandboxMsg>,
+        args: SandboxArgs,
+    ) -> Result<SandboxState, ActorProcessingErr> {
+        myself.send_interval(TICK, || SandboxMsg::Tick);
+        myself.send_message(SandboxMsg::Nudge)?;
+        Ok(SandboxState {
+            ctx: args.ctx,
+            name: args.name,
+            uid: args.uid,
+            inflight: None,
+            failures: 0,
+            next_attempt: Instant::now(),
+            last_error: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SandboxMsg>,
+        msg: SandboxMsg,
+        state: &mut SandboxState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SandboxMsg::CommandDone(result) = msg {
+            state.on_result(*result);
+        }
+        if !state.reconcile(&myself).await? {
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}

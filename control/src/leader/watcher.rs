@@ -1,0 +1,109 @@
+//! `Leadership`: starts the actor tree when this node becomes leader and
+//! stops it when it is not any more (or a new term begins).
+//!
+//! Invariant kept here: the tree for term T starts only after this node has
+//! applied every entry committed before it (a read barrier), so actors see
+//! the whole state machine; and a node that is not the leader runs no actor
+//! and accepts no agent session (2, 3).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_raft::RaftNode;
+use openraft::ServerState;
+use ractor::{Actor, ActorRef};
+
+use super::supervisor::{Supervisor, SupervisorMsg};
+use super::{Directory, LeaderCtx};
+
+/// The term a supervisor runs for, and the supervisor.
+type Running = Option<(u64, ActorRef<SupervisorMsg>)>;
+
+#[derive(Clone, Default)]
+pub struct Leadership {
+    current: Arc<Mutex<Running>>,
+}
+
+impl Leadership {
+    /// The running supervisor, if this node leads and has caught up.
+    pub fn supervisor(&self) -> Option<ActorRef<SupervisorMsg>> {
+        self.lock().as_ref().map(|(_, a)| a.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watches `node`'s Raft state for the life of the process.
+    pub fn watch(node: Arc<RaftNode>) -> Self {
+        let leadership = Self::default();
+        let this = leadership.clone();
+        tokio::spawn(async move { this.run(node).await });
+        leadership
+    }
+
+    async fn stop_current(&self) {
+        let current = self.lock().take();
+        if let Some((term, supervisor)) = current {
+            tracing::info!(term, "leadership ended; stopping sandbox actors");
+            let _ = supervisor
+                .stop_and_wait(
+                    Some("leadership ended".to_string()),
+                    Some(Duration::from_secs(10)),
+                )
+                .await;
+        }
+    }
+
+    async fn run(self, node: Arc<RaftNode>) {
+        let mut metrics = node.raft().metrics();
+        loop {
+            let (leading, term) = {
+                let m = metrics.borrow_and_update();
+                (m.state == ServerState::Leader, m.current_term)
+            };
+            let running_term = self.lock().as_ref().map(|(t, _)| *t);
+            if running_term.is_some() && (!leading || running_term != Some(term)) {
+                self.stop_current().await;
+            }
+            if leading && self.lock().is_none() {
+                match node.read_barrier().await {
+                    Ok(()) => {
+                        let still = {
+                            let m = node.metrics();
+                            m.state == ServerState::Leader && m.current_term == term
+                        };
+                        if still {
+                            let ctx = Arc::new(LeaderCtx {
+                                node: node.clone(),
+                                directory: Directory::default(),
+                                term,
+                            });
+                            match Actor::spawn(None, Supervisor, ctx).await {
+                                Ok((supervisor, _)) => {
+                                    tracing::info!(
+                                        term,
+                                        "leader caught up; sandbox actors started"
+                                    );
+                                    *self.lock() = Some((term, supervisor));
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot start the supervisor")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "leader not caught up yet"),
+                }
+                if self.lock().is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                self.stop_current().await;
+                return;
+            }
+        }
+    }
+}
