@@ -51,6 +51,9 @@ enum Command {
     /// Sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Node agents.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Start a local cluster in the background.
     Up {
         /// Number of control nodes.
@@ -59,15 +62,24 @@ enum Command {
         /// Where the cluster keeps its data and logs.
         #[arg(long, env = "BERTH_HOME", default_value = ".berth")]
         home: PathBuf,
-        /// Port of node 1; node N listens on base-port + N - 1.
+        /// Port of node 1; node N listens on base-port + N - 1; the agent on base-port + 100.
         #[arg(long, default_value_t = 7001)]
         base_port: u16,
+        /// Start only the control plane, no node agent.
+        #[arg(long)]
+        no_agent: bool,
     },
     /// Stop the local cluster started by `berth up` (its data is kept).
     Down {
         #[arg(long, env = "BERTH_HOME", default_value = ".berth")]
         home: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Agents known to the cluster and whether they are Ready.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,7 +134,7 @@ impl From<tonic::Status> for Failure {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Cluster(command) => {
             let control = Control::connect(&cli.control).await?;
@@ -145,18 +157,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             };
             output::print_status(cli.output, &status.into_inner());
-            Ok(())
+            Ok(0)
         }
         Command::Sandbox(command) => {
             let control = Control::connect(&cli.control).await?;
             sandbox::run(control, cli.output, command).await
         }
+        Command::Node(NodeCommand::List) => {
+            let control = Control::connect(&cli.control).await?;
+            let agents = control
+                .cluster()
+                .list_agents(berth_proto::v1::ListAgentsRequest {})
+                .await?
+                .into_inner();
+            output::print_agents(cli.output, &agents.agents);
+            Ok(0)
+        }
         Command::Up {
             nodes,
             home,
             base_port,
-        } => local::up(&home, nodes, base_port).await,
-        Command::Down { home } => local::down(&home),
+            no_agent,
+        } => local::up(&home, nodes, base_port, !no_agent)
+            .await
+            .map(|()| 0),
+        Command::Down { home } => local::down(&home).map(|()| 0),
     }
 }
 
@@ -164,7 +189,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {}", failure.message);
             ExitCode::from(failure.code)

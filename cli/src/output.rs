@@ -50,6 +50,9 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
         "phase": phase_name(s.phase),
         "message": s.message,
         "created_at_unix_ms": s.created_at_unix_ms,
+        "node": s.node,
+        "container_id": s.container_id,
+        "volume": s.volume,
     })
 }
 
@@ -150,6 +153,45 @@ pub fn print_status(format: Format, status: &ClusterStatus) {
                     m.id.to_string(),
                     m.addr.clone(),
                     role_name(m.role).to_string(),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
+}
+
+/// One line per change, for `berth sandbox watch`.
+pub fn print_watch_line(format: Format, s: &Sandbox) {
+    match format {
+        Format::Json => println!("{}", sandbox_json(s)),
+        Format::Table => println!("{}  {:<9} {}", s.name, phase_name(s.phase), s.message),
+    }
+}
+
+pub fn print_agents(format: Format, agents: &[berth_proto::v1::Agent]) {
+    match format {
+        Format::Json => {
+            let list: Vec<Value> = agents
+                .iter()
+                .map(|a| {
+                    json!({ "name": a.name, "driver": a.driver, "ready": a.ready, "message": a.message,
+                            "sandboxes": a.sandboxes, "data_addr": a.data_addr })
+                })
+                .collect();
+            println!("{}", Value::Array(list));
+        }
+        Format::Table => {
+            let mut rows = vec![["NAME", "DRIVER", "STATUS", "SANDBOXES", "MESSAGE"]
+                .map(String::from)
+                .to_vec()];
+            for a in agents {
+                let status = if a.ready { "Ready" } else { "NotReady" };
+                rows.push(vec![
+                    a.name.clone(),
+                    a.driver.clone(),
+                    status.to_string(),
+                    a.sandboxes.to_string(),
+                    a.message.clone(),
                 ]);
             }
             print_table(&rows);

@@ -1,11 +1,14 @@
 //! `berth sandbox ...` commands.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use berth_proto::v1::{
-    CreateSandboxRequest, DeleteSandboxRequest, GetSandboxRequest, ListSandboxesRequest,
-    SandboxSpec,
+    exec_sandbox_output, CreateSandboxRequest, DeleteSandboxRequest, ExecSandboxRequest,
+    GetSandboxRequest, ListSandboxesRequest, SandboxLogsRequest, SandboxSpec, StartSandboxRequest,
+    StopSandboxRequest, WatchSandboxRequest,
 };
 use clap::Subcommand;
 
@@ -35,9 +38,40 @@ pub enum SandboxCommand {
     Get { name: String },
     /// List sandboxes.
     List,
-    /// Delete a sandbox.
-    Delete { name: String },
+    /// Delete a sandbox: its container and, unless --keep-volume, its workspace.
+    Delete {
+        name: String,
+        /// Keep the workspace volume.
+        #[arg(long)]
+        keep_volume: bool,
+        /// Return once deletion is requested instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop a sandbox (its workspace stays).
+    Stop { name: String },
+    /// Start a stopped sandbox.
+    Start { name: String },
+    /// Run a command in a running sandbox; exits with the command's code.
+    Exec {
+        name: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the sandbox's output.
+    Logs {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print the sandbox and every change of it until it is deleted.
+    Watch { name: String },
 }
+
+/// How long `delete` waits for the sandbox's node to remove it.
+const DELETE_WAIT: Duration = Duration::from_secs(120);
 
 fn parse_env(pairs: &[String]) -> Result<HashMap<String, String>, Failure> {
     let mut env = HashMap::new();
@@ -64,7 +98,8 @@ fn read_policy(path: &PathBuf) -> Result<String, Failure> {
         .map_err(|e| Failure::usage(format!("cannot read policy file {}: {e}", path.display())))
 }
 
-pub async fn run(control: Control, format: Format, command: SandboxCommand) -> Result<(), Failure> {
+/// Runs a sandbox command; returns the process exit code.
+pub async fn run(control: Control, format: Format, command: SandboxCommand) -> Result<u8, Failure> {
     let mut client = control.sandboxes();
     match command {
         SandboxCommand::Create {
@@ -105,15 +140,123 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
                 .into_inner();
             output::print_sandboxes(format, &list.sandboxes, true);
         }
-        SandboxCommand::Delete { name } => {
-            client
-                .delete_sandbox(DeleteSandboxRequest { name: name.clone() })
-                .await?;
+        SandboxCommand::Delete {
+            name,
+            keep_volume,
+            no_wait,
+        } => {
+            let response = client
+                .delete_sandbox(DeleteSandboxRequest {
+                    name: name.clone(),
+                    keep_volume,
+                })
+                .await?
+                .into_inner();
+            if response.sandbox.is_some() && !no_wait {
+                wait_until_gone(&mut client, &name).await?;
+            }
+            let state = if response.sandbox.is_some() && no_wait {
+                "deleting"
+            } else {
+                "deleted"
+            };
             match format {
-                Format::Json => println!("{}", serde_json::json!({ "deleted": name })),
-                Format::Table => println!("sandbox {name} deleted"),
+                Format::Json => println!("{}", serde_json::json!({ "name": name, "state": state })),
+                Format::Table => println!("sandbox {name} {state}"),
+            }
+        }
+        SandboxCommand::Stop { name } => {
+            let sandbox = client
+                .stop_sandbox(StopSandboxRequest { name })
+                .await?
+                .into_inner();
+            output::print_sandboxes(format, &[sandbox], false);
+        }
+        SandboxCommand::Start { name } => {
+            let sandbox = client
+                .start_sandbox(StartSandboxRequest { name })
+                .await?
+                .into_inner();
+            output::print_sandboxes(format, &[sandbox], false);
+        }
+        SandboxCommand::Exec { name, command } => {
+            let mut stream = client
+                .exec_sandbox(ExecSandboxRequest { name, command })
+                .await?
+                .into_inner();
+            let mut code = None;
+            while let Some(out) = stream.message().await? {
+                match out.out {
+                    Some(exec_sandbox_output::Out::Stdout(b)) => {
+                        write_all(&mut std::io::stdout(), &b)
+                    }
+                    Some(exec_sandbox_output::Out::Stderr(b)) => {
+                        write_all(&mut std::io::stderr(), &b)
+                    }
+                    Some(exec_sandbox_output::Out::ExitCode(c)) => code = Some(c),
+                    None => {}
+                }
+            }
+            let code = code.ok_or_else(|| Failure::other("exec ended without an exit code"))?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
+        SandboxCommand::Logs { name, follow } => {
+            let mut stream = client
+                .sandbox_logs(SandboxLogsRequest { name, follow })
+                .await?
+                .into_inner();
+            while let Some(chunk) = stream.message().await? {
+                if chunk.stderr {
+                    write_all(&mut std::io::stderr(), &chunk.data);
+                } else {
+                    write_all(&mut std::io::stdout(), &chunk.data);
+                }
+            }
+        }
+        SandboxCommand::Watch { name } => {
+            let mut stream = client
+                .watch_sandbox(WatchSandboxRequest { name })
+                .await?
+                .into_inner();
+            while let Some(sandbox) = stream.message().await? {
+                output::print_watch_line(format, &sandbox);
             }
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+fn write_all(out: &mut impl Write, bytes: &[u8]) {
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
+}
+
+async fn wait_until_gone(
+    client: &mut berth_proto::v1::sandbox_service_client::SandboxServiceClient<
+        tonic::transport::Channel,
+    >,
+    name: &str,
+) -> Result<(), Failure> {
+    let deadline = Instant::now() + DELETE_WAIT;
+    loop {
+        let request = GetSandboxRequest {
+            name: name.to_string(),
+            consistency: 0,
+        };
+        match client.get_sandbox(request).await {
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
+            Err(status) => return Err(status.into()),
+            Ok(sandbox) if Instant::now() > deadline => {
+                let sandbox = sandbox.into_inner();
+                return Err(Failure {
+                    message: format!(
+                        "sandbox {name} is still {}: {}",
+                        "Deleting", sandbox.message
+                    ),
+                    code: 5,
+                });
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }

@@ -63,6 +63,22 @@ fn assert_refused(run: &Run, code: i32, fragment: &str) {
     );
 }
 
+/// Polls `sandbox get` until the sandbox's message is `want` (bounded).
+fn wait_for_message(control: &str, name: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = json(&berth(control, &["-o", "json", "sandbox", "get", name]));
+        if got["message"] == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "message never became {want:?}: {got}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn list(control: &str) -> Value {
     json(&berth(control, &["-o", "json", "sandbox", "list"]))
 }
@@ -90,7 +106,8 @@ async fn sandbox_lifecycle_and_cluster_status() -> anyhow::Result<()> {
     assert_eq!(created["image"], "localhost/berth-demo:v1");
     assert_eq!(created["revision"], 1);
     assert_eq!(created["phase"], "Pending");
-    assert_eq!(created["message"], "no node available");
+    assert_eq!(created["message"], "waiting to be scheduled");
+    wait_for_message(&control, "demo", "no node available");
     assert_eq!(created["env"]["A"], "1");
 
     let got = json(&berth(&control, &["-o", "json", "sandbox", "get", "demo"]));
@@ -143,6 +160,8 @@ async fn bad_input_is_refused_with_one_line_and_changes_nothing() -> anyhow::Res
         &["sandbox", "create", "keep", "--image", "busybox"],
     );
     assert_eq!(ok.code, 0, "{}", ok.stderr);
+    // Let the sandbox actor settle the record first, so `before` is stable.
+    wait_for_message(&control, "keep", "no node available");
     let before = list(&control);
 
     let dir = tempfile::tempdir()?;
@@ -326,7 +345,7 @@ fn up_starts_a_local_cluster_and_down_stops_it_keeping_data() {
         Command::new(bin_path("berth"))
             .args(["up", "--home"])
             .arg(home)
-            .args(["--base-port", &base.to_string()])
+            .args(["--base-port", &base.to_string(), "--no-agent"])
             .output()
             .expect("berth up")
     };
@@ -356,7 +375,7 @@ fn up_starts_a_local_cluster_and_down_stops_it_keeping_data() {
         .output()
         .expect("down");
     assert!(
-        String::from_utf8_lossy(&down.stdout).contains("stopped 3"),
+        String::from_utf8_lossy(&down.stdout).contains("3 control node(s)"),
         "{}",
         String::from_utf8_lossy(&down.stdout)
     );
