@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Installs the system packages berth builds and runs with (Debian/Ubuntu).
-# Idempotent: installs only what is missing. Needs root (or sudo).
+# Installs and configures what berth builds and runs with (Debian/Ubuntu):
+# protoc and libclang for the build; Podman with the runc runtime and a
+# static busybox for sandboxes and the locally built demo images. Starts the
+# Podman API service if it is not running. Idempotent. Needs root (or sudo).
 set -euo pipefail
 
-packages=(protobuf-compiler libclang-dev clang)
+packages=(protobuf-compiler libclang-dev clang podman runc busybox-static uidmap curl)
+
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
 missing=()
 for p in "${packages[@]}"; do
@@ -11,10 +16,30 @@ for p in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
-  SUDO=""
-  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+
+# crun fails on hybrid cgroup hosts ("cgroups in hybrid mode not supported"):
+# use runc for every podman command and for the API service.
+conf=/etc/containers/containers.conf.d/50-berth-runc.conf
+if [[ ! -f $conf ]]; then
+  $SUDO mkdir -p "$(dirname "$conf")"
+  printf '[engine]\nruntime = "runc"\n' | $SUDO tee "$conf" >/dev/null
+fi
+
+# The Docker-compatible API that berth-agent's container driver talks to.
+sock=/run/podman/podman.sock
+if ! curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
+  $SUDO mkdir -p /run/podman
+  $SUDO rm -f "$sock"
+  nohup $SUDO podman --runtime /usr/sbin/runc system service --time=0 "unix://$sock" \
+    >/tmp/berth-podman-service.log 2>&1 &
+  for _ in $(seq 1 50); do
+    curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  curl -sf --unix-socket "$sock" http://d/_ping >/dev/null || { echo "setup: podman API service did not start (see /tmp/berth-podman-service.log)" >&2; exit 1; }
+fi

@@ -18,12 +18,16 @@ struct NodeSlot {
     process: Option<NodeProcess>,
 }
 
-/// Control nodes `1..=n` of one cluster, plus any added later.
+/// Control nodes `1..=n` of one cluster, plus any added later, and node
+/// agents.
 pub struct TestCluster {
     dir: TempDir,
     extra_args: Vec<String>,
     initial: String,
     nodes: BTreeMap<u64, NodeSlot>,
+    agents: BTreeMap<String, NodeSlot>,
+    /// Sandboxes whose containers and volumes are purged on drop.
+    sandboxes: Vec<String>,
 }
 
 impl TestCluster {
@@ -56,6 +60,8 @@ impl TestCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             initial,
             nodes,
+            agents: BTreeMap::new(),
+            sandboxes: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id, None)?;
@@ -217,6 +223,64 @@ impl TestCluster {
         }
     }
 
+    /// Starts agent `name` with the container driver (or restarts it from
+    /// its data dir).
+    pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let addr = match self.agents.get(name) {
+            Some(slot) => slot.addr.clone(),
+            None => format!("127.0.0.1:{}", free_port()?),
+        };
+        let args = vec![
+            "--control".to_string(),
+            self.control_addrs(),
+            "--node-name".to_string(),
+            name.to_string(),
+            "--data-dir".to_string(),
+            self.dir
+                .path()
+                .join(format!("agent-{name}"))
+                .display()
+                .to_string(),
+            "--driver".to_string(),
+            "container".to_string(),
+            "--listen".to_string(),
+            addr.clone(),
+        ];
+        let log = self.dir.path().join(format!("agent-{name}.log"));
+        let process = NodeProcess::spawn(
+            &format!("agent-{name}"),
+            &bin_path("berth-agent"),
+            &args,
+            &log,
+        )?;
+        self.agents.insert(
+            name.to_string(),
+            NodeSlot {
+                addr,
+                process: Some(process),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn agent(&mut self, name: &str) -> Option<&mut NodeProcess> {
+        self.agents.get_mut(name).and_then(|s| s.process.as_mut())
+    }
+
+    /// `kill -9` an agent.
+    pub fn kill9_agent(&mut self, name: &str) {
+        if let Some(p) = self.agent(name) {
+            p.kill9();
+        }
+    }
+
+    /// Registers a sandbox name whose containers and volumes are removed
+    /// when the cluster drops, and returns it.
+    pub fn track(&mut self, sandbox: &str) -> String {
+        self.sandboxes.push(sandbox.to_string());
+        sandbox.to_string()
+    }
+
     /// Tails of every node's log.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -224,6 +288,15 @@ impl TestCluster {
             if let Some(p) = &slot.process {
                 out.push_str(&format!(
                     "--- node {id} ({}) ---\n{}\n",
+                    p.log.display(),
+                    p.log_tail(40)
+                ));
+            }
+        }
+        for (name, slot) in &self.agents {
+            if let Some(p) = &slot.process {
+                out.push_str(&format!(
+                    "--- agent {name} ({}) ---\n{}\n",
                     p.log.display(),
                     p.log_tail(40)
                 ));
@@ -238,10 +311,11 @@ impl Drop for TestCluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        for slot in self.nodes.values_mut() {
+        for slot in self.agents.values_mut().chain(self.nodes.values_mut()) {
             if let Some(mut p) = slot.process.take() {
                 p.kill9();
             }
         }
+        crate::podman::purge(&self.sandboxes);
     }
 }

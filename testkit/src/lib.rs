@@ -5,6 +5,7 @@
 //! also when the test fails (the node logs are then printed for diagnosis).
 
 mod cluster;
+pub mod podman;
 mod process;
 
 pub use cluster::TestCluster;

@@ -1,0 +1,259 @@
+//! Carrying out the leader's commands.
+//!
+//! Keeps invariant 3: a command whose term is lower than the highest term
+//! seen is refused (`refused: true`, nothing done); a higher term is made
+//! durable before the command runs. The check is repeated right before the
+//! driver acts, so a command queued behind a newer leader's never runs.
+//! Commands for one sandbox run one after another in arrival order (one
+//! lane per sandbox name); different sandboxes proceed concurrently. Lanes
+//! outlive a control session, so a reconnect never runs two commands for
+//! one sandbox at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use berth_proto::agent_v1::{agent_message, command::Op, AgentMessage, Command, CommandResult};
+use tokio::sync::mpsc;
+
+use crate::driver::Driver;
+use crate::fence::Fence;
+
+/// A command plus where to send its result (the session's outbound stream).
+struct Job {
+    command: Command,
+    reply: mpsc::Sender<AgentMessage>,
+}
+
+/// Runs commands on the driver, fenced and serialized per sandbox.
+pub struct CommandRunner {
+    driver: Arc<dyn Driver>,
+    fence: Arc<Fence>,
+    lanes: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+}
+
+/// The fencing decision for a command with `term`: `None` to go ahead (the
+/// term, if newer, is now durably the highest), or the refusal to send.
+pub fn admit(fence: &Fence, command_id: u64, term: u64) -> Option<CommandResult> {
+    fence.admit(term).err().map(|e| CommandResult {
+        command_id,
+        ok: false,
+        refused: true,
+        error: e.to_string(),
+        observed: None,
+    })
+}
+
+/// Wrap a result for the outbound stream.
+pub fn result_message(result: CommandResult) -> AgentMessage {
+    AgentMessage {
+        msg: Some(agent_message::Msg::Result(result)),
+    }
+}
+
+impl CommandRunner {
+    pub fn new(driver: Arc<dyn Driver>, fence: Arc<Fence>) -> Self {
+        Self {
+            driver,
+            fence,
+            lanes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Accept a command: refuse it now if fenced, else queue it on its
+    /// sandbox's lane. The result is sent to `reply` when done.
+    pub async fn submit(&self, command: Command, reply: mpsc::Sender<AgentMessage>) {
+        let id = command.command_id;
+        let refusal = admit(&self.fence, id, command.term).or_else(|| match &command.op {
+            None => Some(failed(id, "command without an operation".into())),
+            Some(_) => None,
+        });
+        if let Some(result) = refusal {
+            tracing::warn!(command_id = id, term = command.term, error = %result.error, "command not run");
+            let _ = reply.send(result_message(result)).await;
+            return;
+        }
+        let name = sandbox_of(&command).to_string();
+        let mut job = Job { command, reply };
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        // A lane whose worker is gone is replaced (at most once).
+        for _ in 0..2 {
+            let lane = lanes
+                .entry(name.clone())
+                .or_insert_with(|| spawn_lane(self.driver.clone(), self.fence.clone()));
+            match lane.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    job = back;
+                    lanes.remove(&name);
+                }
+            }
+        }
+        tracing::error!(command_id = id, sandbox = %name, "no worker for sandbox; command dropped");
+    }
+}
+
+fn spawn_lane(driver: Arc<dyn Driver>, fence: Arc<Fence>) -> mpsc::UnboundedSender<Job> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            let result = execute(driver.as_ref(), &fence, job.command).await;
+            // The session may be gone; the leader will repeat the command.
+            let _ = job.reply.send(result_message(result)).await;
+        }
+    });
+    tx
+}
+
+/// Run one admitted command (re-checking the fence first).
+pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> CommandResult {
+    let id = command.command_id;
+    if let Err(e) = fence.check(command.term) {
+        return CommandResult {
+            command_id: id,
+            refused: true,
+            error: e.to_string(),
+            ..Default::default()
+        };
+    }
+    let (what, outcome) = match &command.op {
+        Some(Op::Ensure(e)) => ("ensure", driver.ensure(e).await),
+        Some(Op::Stop(s)) => ("stop", driver.stop(&s.name, &s.uid).await),
+        Some(Op::Remove(r)) => ("remove", driver.remove(r).await),
+        None => return failed(id, "command without an operation".into()),
+    };
+    let sandbox = sandbox_of(&command);
+    match outcome {
+        Ok(observed) => {
+            tracing::info!(command_id = id, term = command.term, %sandbox, op = what, "command done");
+            CommandResult {
+                command_id: id,
+                ok: true,
+                observed: Some(observed),
+                ..Default::default()
+            }
+        }
+        Err(e) => {
+            tracing::warn!(command_id = id, %sandbox, op = what, error = %e, "command failed");
+            failed(id, e.to_string())
+        }
+    }
+}
+
+fn failed(command_id: u64, error: String) -> CommandResult {
+    CommandResult {
+        command_id,
+        error,
+        ..Default::default()
+    }
+}
+
+fn sandbox_of(command: &Command) -> &str {
+    match &command.op {
+        Some(Op::Ensure(e)) => &e.name,
+        Some(Op::Stop(s)) => &s.name,
+        Some(Op::Remove(r)) => &r.name,
+        None => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::MemoryDriver;
+    use berth_proto::agent_v1::{ContainerState, Ensure, Stop};
+
+    fn ensure_cmd(id: u64, term: u64, name: &str) -> Command {
+        Command {
+            command_id: id,
+            term,
+            op: Some(Op::Ensure(Ensure {
+                name: name.into(),
+                uid: "u".into(),
+                revision: 1,
+                image: "img".into(),
+                volume: format!("vol-{name}"),
+                ..Default::default()
+            })),
+        }
+    }
+
+    async fn next_result(rx: &mut mpsc::Receiver<AgentMessage>) -> CommandResult {
+        match rx.recv().await.unwrap().msg {
+            Some(agent_message::Msg::Result(r)) => r,
+            other => panic!("expected a result, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fencing_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Fence::load(dir.path()).unwrap();
+        fence.observe(5).unwrap();
+        let refused = admit(&fence, 7, 4).unwrap();
+        assert!(refused.refused && !refused.ok);
+        assert_eq!(refused.command_id, 7);
+        assert_eq!(refused.error, "stale term 4 < highest 5");
+        assert!(
+            admit(&fence, 8, 5).is_none(),
+            "same term is the current leader"
+        );
+        assert!(admit(&fence, 9, 6).is_none(), "a newer leader is accepted");
+        assert_eq!(
+            Fence::load(dir.path()).unwrap().highest(),
+            6,
+            "and persisted"
+        );
+        assert!(
+            admit(&fence, 10, 5).is_some(),
+            "the old leader is now fenced"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_commands_do_nothing_and_fresh_ones_run_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Arc::new(Fence::load(dir.path()).unwrap());
+        fence.observe(3).unwrap();
+        let driver = Arc::new(MemoryDriver::new());
+        let runner = CommandRunner::new(driver.clone(), fence.clone());
+        let (tx, mut rx) = mpsc::channel(8);
+
+        runner.submit(ensure_cmd(1, 2, "a"), tx.clone()).await;
+        let r = next_result(&mut rx).await;
+        assert!(r.refused && !r.ok && r.command_id == 1);
+        assert!(
+            driver.inventory().await.unwrap().is_empty(),
+            "nothing was done"
+        );
+
+        runner.submit(ensure_cmd(2, 3, "a"), tx.clone()).await;
+        let stop = Command {
+            command_id: 3,
+            term: 3,
+            op: Some(Op::Stop(Stop {
+                name: "a".into(),
+                uid: "u".into(),
+            })),
+        };
+        runner.submit(stop, tx.clone()).await;
+        let r = next_result(&mut rx).await;
+        assert!(r.ok && r.command_id == 2, "{r:?}");
+        let r = next_result(&mut rx).await;
+        assert!(r.ok && r.command_id == 3, "{r:?}");
+        let state = r.observed.unwrap().state;
+        assert_eq!(state, ContainerState::Exited as i32);
+    }
+
+    #[tokio::test]
+    async fn queued_command_is_refused_if_a_newer_term_arrived_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Fence::load(dir.path()).unwrap();
+        fence.observe(3).unwrap();
+        let driver = MemoryDriver::new();
+        // Admitted under term 3, then a term-4 leader appears before it runs.
+        fence.observe(4).unwrap();
+        let r = execute(&driver, &fence, ensure_cmd(1, 3, "a")).await;
+        assert!(r.refused && !r.ok);
+        assert!(driver.inventory().await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,65 @@
+//! The AgentData gRPC service: exec and logs streams straight from the
+//! driver, which the control plane proxies to clients. Read-only with
+//! respect to sandbox lifecycle: it never creates, stops or deletes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use berth_proto::agent_v1::agent_data_server::{AgentData, AgentDataServer};
+use berth_proto::agent_v1::{ExecOutput, ExecRequest, LogChunk, LogsRequest};
+use futures::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::driver::Driver;
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// AgentData over a driver.
+pub struct DataService {
+    driver: Arc<dyn Driver>,
+}
+
+impl DataService {
+    pub fn new(driver: Arc<dyn Driver>) -> Self {
+        Self { driver }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentData for DataService {
+    type ExecStream = Streamed<ExecOutput>;
+    type LogsStream = Streamed<LogChunk>;
+
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
+        let ExecRequest { name, command } = req.into_inner();
+        let out = self.driver.exec(&name, command).await?;
+        Ok(Response::new(Box::pin(
+            out.map(|i| i.map_err(Status::from)),
+        )))
+    }
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let LogsRequest { name, follow } = req.into_inner();
+        let out = self.driver.logs(&name, follow).await?;
+        Ok(Response::new(Box::pin(
+            out.map(|i| i.map_err(Status::from)),
+        )))
+    }
+}
+
+/// Serve AgentData (plus gRPC health) on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    driver: Arc<dyn Driver>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentDataServer<DataService>>().await;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AgentDataServer::new(DataService::new(driver)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

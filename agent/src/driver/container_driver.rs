@@ -1,0 +1,392 @@
+//! The container driver: sandboxes as Docker/Podman containers.
+//!
+//! A sandbox is one container `berth-<name>` plus one named volume mounted
+//! at `/sandbox`, both labelled `berth.sandbox=<name>` and `berth.uid=<uid>`
+//! (the container also `berth.revision` and `berth.volume`). The inventory
+//! is rebuilt from those labels only, so an agent restart loses nothing.
+//!
+//! Keeps invariant 4 (the volume is created once, never replaced: only
+//! `remove` without `keep_volume` deletes it, and only if it carries this
+//! sandbox's label) and invariant 5 (an old container is stopped and removed
+//! before its replacement is created). The image is seeded into the volume
+//! once: after the first start a `.berth-seeded` sentinel is written, and
+//! later containers mount the volume with `nocopy`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use berth_proto::agent_v1::{Ensure, Observed, Remove};
+use bollard::errors::Error as EngineError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, ResourcesUlimits,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+
+use super::container_observed::{
+    absent, check_uid, engine, engine_reason, is_running, label, observed_of, status,
+};
+pub use super::container_observed::{LABEL_REVISION, LABEL_SANDBOX, LABEL_UID, LABEL_VOLUME};
+use super::{container_name, validate_name, Driver, DriverError, ExecStream, LogStream};
+
+/// Written into a volume once the image's `/sandbox` has been copied in.
+pub const SEED_SENTINEL: &str = ".berth-seeded";
+/// Where the workspace volume is mounted.
+pub const MOUNT_POINT: &str = "/sandbox";
+const PULL_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT_SECS: i32 = 10;
+
+/// Runs sandboxes through the Docker Engine API (Docker or Podman).
+pub struct ContainerDriver {
+    pub(super) docker: Docker,
+    ulimits: Vec<ResourcesUlimits>,
+}
+
+impl ContainerDriver {
+    /// A driver over a connected engine client. Containers get explicit
+    /// `nofile`/`nproc` limits: this process's, lowered to those of the
+    /// engine process listening on `engine_socket` when it is visible.
+    pub fn new(docker: Docker, engine_socket: Option<&Path>) -> Self {
+        Self {
+            docker,
+            ulimits: super::limits::container_ulimits(engine_socket),
+        }
+    }
+
+    /// Find or start the engine (see [`super::engine::discover`]).
+    pub async fn connect(
+        engine: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<Self, super::engine::EngineError> {
+        let (docker, socket) = super::engine::discover(engine, data_dir).await?;
+        Ok(Self::new(docker, Some(&socket)))
+    }
+
+    pub(super) async fn inspect(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DriverError> {
+        match self
+            .docker
+            .inspect_container(&container_name(name), None)
+            .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(engine("inspect container", e)),
+        }
+    }
+
+    /// The volume's host mount point and labels, `None` if it is absent.
+    async fn volume(
+        &self,
+        volume: &str,
+    ) -> Result<Option<(String, HashMap<String, String>)>, DriverError> {
+        match self.docker.inspect_volume(volume).await {
+            Ok(v) => Ok(Some((v.mountpoint, v.labels))),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(engine("inspect volume", e)),
+        }
+    }
+
+    async fn observe(&self, name: &str, volume_hint: &str) -> Result<Observed, DriverError> {
+        let mut o = match self.inspect(name).await? {
+            Some(c) => observed_of(name, &c),
+            None => absent(name, "", volume_hint),
+        };
+        if o.volume.is_empty() {
+            o.volume = volume_hint.to_string();
+        }
+        o.volume_present = !o.volume.is_empty() && self.volume(&o.volume).await?.is_some();
+        Ok(o)
+    }
+
+    /// Make sure the image is local, pulling it (bounded) if not.
+    async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(engine("inspect image", e)),
+        }
+        let not_found = |reason: String| DriverError::ImageNotFound {
+            image: image.to_string(),
+            reason,
+        };
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let mut opts = CreateImageOptionsBuilder::new().from_image(image);
+        if !last.contains(':') && !image.contains('@') {
+            opts = opts.tag("latest"); // never "all tags"
+        }
+        let pull = self.docker.create_image(Some(opts.build()), None, None);
+        let drained = tokio::time::timeout(PULL_TIMEOUT, async {
+            futures::pin_mut!(pull);
+            while let Some(item) = pull.next().await {
+                item?;
+            }
+            Ok::<_, EngineError>(())
+        })
+        .await;
+        match drained {
+            Err(_) => Err(not_found(format!("pull timed out after {PULL_TIMEOUT:?}"))),
+            Ok(Err(e)) => Err(not_found(engine_reason(&e))),
+            Ok(Ok(())) => match self.docker.inspect_image(image).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(not_found(engine_reason(&e))),
+            },
+        }
+    }
+
+    async fn stop_container(&self, name: &str) -> Result<(), DriverError> {
+        let opts = StopContainerOptionsBuilder::new()
+            .t(STOP_TIMEOUT_SECS)
+            .build();
+        match self
+            .docker
+            .stop_container(&container_name(name), Some(opts))
+            .await
+        {
+            Err(e) if !matches!(status(&e), Some(304 | 404)) => Err(engine("stop container", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remove the container (force); anonymous volumes too, named never.
+    async fn remove_container(&self, name: &str) -> Result<(), DriverError> {
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(false)
+            .build();
+        match self
+            .docker
+            .remove_container(&container_name(name), Some(opts))
+            .await
+        {
+            Err(e) if status(&e) != Some(404) => Err(engine("remove container", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Create the volume if missing; whether it has been seeded already.
+    async fn ensure_volume(&self, e: &Ensure) -> Result<bool, DriverError> {
+        if let Some((mountpoint, labels)) = self.volume(&e.volume).await? {
+            // Never mount another sandbox's workspace.
+            if labels
+                .get(LABEL_SANDBOX)
+                .is_some_and(|owner| *owner != e.name)
+            {
+                return Err(DriverError::ForeignVolume {
+                    name: e.name.clone(),
+                    volume: e.volume.clone(),
+                });
+            }
+            return Ok(Path::new(&mountpoint).join(SEED_SENTINEL).exists());
+        }
+        let labels = HashMap::from([
+            (LABEL_SANDBOX.to_string(), e.name.clone()),
+            (LABEL_UID.to_string(), e.uid.clone()),
+        ]);
+        let req = VolumeCreateRequest {
+            name: Some(e.volume.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(req)
+            .await
+            .map_err(|err| engine("create volume", err))?;
+        tracing::info!(sandbox = %e.name, volume = %e.volume, "created volume");
+        Ok(false)
+    }
+
+    /// After the first start: record that the image has been copied in.
+    async fn mark_seeded(&self, volume: &str) {
+        let Ok(Some((mountpoint, _))) = self.volume(volume).await else {
+            return;
+        };
+        let dir = Path::new(&mountpoint);
+        let sentinel = dir.join(SEED_SENTINEL);
+        if !dir.is_dir() || sentinel.exists() {
+            return;
+        }
+        if let Err(err) = std::fs::write(&sentinel, b"seeded by berth\n") {
+            tracing::warn!(%volume, error = %err, "cannot write seed sentinel");
+        }
+    }
+
+    async fn create_and_start(&self, e: &Ensure, seeded: bool) -> Result<(), DriverError> {
+        let mut env: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.sort();
+        let labels = HashMap::from([
+            (LABEL_SANDBOX.to_string(), e.name.clone()),
+            (LABEL_UID.to_string(), e.uid.clone()),
+            (LABEL_REVISION.to_string(), e.revision.to_string()),
+            (LABEL_VOLUME.to_string(), e.volume.clone()),
+        ]);
+        let nocopy = if seeded { ":nocopy" } else { "" };
+        let body = ContainerCreateBody {
+            image: Some(e.image.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{}:{MOUNT_POINT}{nocopy}", e.volume)]),
+                ulimits: Some(self.ulimits.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cname = container_name(&e.name);
+        let opts = CreateContainerOptionsBuilder::new().name(&cname).build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|err| engine("create container", err))?;
+        self.start(&e.name, &e.volume).await
+    }
+
+    async fn start(&self, name: &str, volume: &str) -> Result<(), DriverError> {
+        self.docker
+            .start_container(&container_name(name), None)
+            .await
+            .map_err(|err| engine("start container", err))?;
+        self.mark_seeded(volume).await;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Driver for ContainerDriver {
+    fn kind(&self) -> &'static str {
+        "container"
+    }
+
+    async fn inventory(&self) -> Result<Vec<Observed>, DriverError> {
+        let filters = HashMap::from([("label", vec![LABEL_SANDBOX])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| engine("list containers", e))?;
+        let opts = ListVolumesOptionsBuilder::new().filters(&filters).build();
+        let volumes = self
+            .docker
+            .list_volumes(Some(opts))
+            .await
+            .map_err(|e| engine("list volumes", e))?
+            .volumes
+            .unwrap_or_default();
+        let present: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        let mut out = Vec::new();
+        for id in list.iter().filter_map(|c| c.id.as_deref()) {
+            let c = match self.docker.inspect_container(id, None).await {
+                Ok(c) => c,
+                Err(e) if status(&e) == Some(404) => continue, // removed meanwhile
+                Err(e) => return Err(engine("inspect container", e)),
+            };
+            let name = label(&c, LABEL_SANDBOX).to_string();
+            let mut o = observed_of(&name, &c);
+            o.volume_present = present.contains(o.volume.as_str());
+            out.push(o);
+        }
+        let used: HashSet<String> = out.iter().map(|o| o.volume.clone()).collect();
+        for v in volumes.iter().filter(|v| !used.contains(&v.name)) {
+            let get = |k: &str| v.labels.get(k).map(String::as_str).unwrap_or_default();
+            let mut o = absent(get(LABEL_SANDBOX), get(LABEL_UID), &v.name);
+            o.volume_present = true;
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    async fn ensure(&self, e: &Ensure) -> Result<Observed, DriverError> {
+        validate_name("sandbox name", &e.name)?;
+        validate_name("volume name", &e.volume)?;
+        if e.image.is_empty() {
+            return Err(DriverError::Invalid("image is empty".into()));
+        }
+        let existing = self.inspect(&e.name).await?;
+        if let Some(c) = &existing {
+            let same = label(c, LABEL_UID) == e.uid
+                && label(c, LABEL_REVISION) == e.revision.to_string()
+                && label(c, LABEL_VOLUME) == e.volume;
+            if same {
+                if !is_running(c) {
+                    tracing::info!(sandbox = %e.name, "starting existing container");
+                    self.start(&e.name, &e.volume).await?;
+                }
+                return self.observe(&e.name, &e.volume).await;
+            }
+        }
+        // Fetch the new image while the old container (if any) still runs.
+        self.ensure_image(&e.image).await?;
+        if existing.is_some() {
+            tracing::info!(sandbox = %e.name, revision = e.revision, "replacing container");
+            self.stop_container(&e.name).await?;
+            self.remove_container(&e.name).await?;
+        }
+        let seeded = self.ensure_volume(e).await?;
+        self.create_and_start(e, seeded).await?;
+        tracing::info!(sandbox = %e.name, revision = e.revision, image = %e.image, "container started");
+        self.observe(&e.name, &e.volume).await
+    }
+
+    async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError> {
+        if let Some(c) = self.inspect(name).await? {
+            check_uid(name, uid, &c)?;
+            if is_running(&c) {
+                self.stop_container(name).await?;
+            }
+        }
+        self.observe(name, "").await
+    }
+
+    async fn remove(&self, r: &Remove) -> Result<Observed, DriverError> {
+        let mut volume = r.volume.clone();
+        if let Some(c) = self.inspect(&r.name).await? {
+            check_uid(&r.name, &r.uid, &c)?;
+            if volume.is_empty() {
+                volume = label(&c, LABEL_VOLUME).to_string();
+            }
+            self.remove_container(&r.name).await?;
+        }
+        if !r.keep_volume && !volume.is_empty() {
+            if let Some((_, labels)) = self.volume(&volume).await? {
+                if labels.get(LABEL_SANDBOX) != Some(&r.name) {
+                    return Err(DriverError::ForeignVolume {
+                        name: r.name.clone(),
+                        volume,
+                    });
+                }
+                match self
+                    .docker
+                    .remove_volume(
+                        &volume,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await
+                {
+                    Err(e) if status(&e) != Some(404) => return Err(engine("remove volume", e)),
+                    _ => tracing::info!(sandbox = %r.name, %volume, "removed volume"),
+                }
+            }
+        }
+        self.observe(&r.name, &volume).await
+    }
+
+    async fn exec(&self, name: &str, command: Vec<String>) -> Result<ExecStream, DriverError> {
+        self.exec_stream(name, command).await
+    }
+
+    async fn logs(&self, name: &str, follow: bool) -> Result<LogStream, DriverError> {
+        self.log_stream(name, follow).await
+    }
+}

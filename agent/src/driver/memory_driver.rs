@@ -1,0 +1,247 @@
+//! In-memory driver: sandboxes are map entries. For fast tests and
+//! benchmarks of the control plane; same idempotent semantics as the
+//! container driver (a volume outlives its container and is only dropped by
+//! `remove` without `keep_volume`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use berth_proto::agent_v1::{
+    exec_output::Out, ContainerState, Ensure, ExecOutput, LogChunk, Observed, Remove,
+};
+
+use super::{Driver, DriverError, ExecStream, LogStream};
+
+#[derive(Debug, Default)]
+struct State {
+    sandboxes: BTreeMap<String, Observed>,
+    /// Volume name -> (sandbox name, uid) it was created for.
+    volumes: BTreeMap<String, (String, String)>,
+    next_id: u64,
+}
+
+/// A driver that keeps sandboxes in a map.
+#[derive(Debug, Default)]
+pub struct MemoryDriver {
+    state: Mutex<State>,
+}
+
+impl MemoryDriver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn tick(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn observed(&self, name: &str, volume: &str) -> Observed {
+        match self.sandboxes.get(name) {
+            Some(o) => Observed {
+                volume_present: self.volumes.contains_key(&o.volume),
+                ..o.clone()
+            },
+            None => Observed {
+                name: name.to_string(),
+                uid: self
+                    .volumes
+                    .get(volume)
+                    .map(|v| v.1.clone())
+                    .unwrap_or_default(),
+                state: ContainerState::Absent as i32,
+                volume: volume.to_string(),
+                volume_present: self.volumes.contains_key(volume),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn uid_matches(&self, name: &str, uid: &str) -> Result<(), DriverError> {
+        match self.sandboxes.get(name) {
+            Some(o) if !uid.is_empty() && o.uid != uid => Err(DriverError::UidMismatch {
+                name: name.to_string(),
+                expected: uid.to_string(),
+                found: o.uid.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Driver for MemoryDriver {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn inventory(&self) -> Result<Vec<Observed>, DriverError> {
+        let st = self.lock();
+        let mut out: Vec<Observed> = st
+            .sandboxes
+            .values()
+            .map(|o| st.observed(&o.name, &o.volume))
+            .collect();
+        let used: BTreeSet<&str> = st.sandboxes.values().map(|o| o.volume.as_str()).collect();
+        for (v, (owner, _)) in st
+            .volumes
+            .iter()
+            .filter(|(v, _)| !used.contains(v.as_str()))
+        {
+            out.push(st.observed(owner, v));
+        }
+        Ok(out)
+    }
+
+    async fn ensure(&self, e: &Ensure) -> Result<Observed, DriverError> {
+        super::validate_name("sandbox", &e.name)?;
+        super::validate_name("volume", &e.volume)?;
+        let mut st = self.lock();
+        let n = st.tick();
+        st.volumes
+            .entry(e.volume.clone())
+            .or_insert_with(|| (e.name.clone(), e.uid.clone()));
+        let same = st
+            .sandboxes
+            .get(&e.name)
+            .is_some_and(|o| o.uid == e.uid && o.revision == e.revision && o.volume == e.volume);
+        let entry = st.sandboxes.entry(e.name.clone()).or_default();
+        if !same {
+            *entry = Observed {
+                name: e.name.clone(),
+                uid: e.uid.clone(),
+                revision: e.revision,
+                container_id: format!("mem-{n}"),
+                volume: e.volume.clone(),
+                ..Default::default()
+            };
+        }
+        if entry.state != ContainerState::Running as i32 {
+            entry.state = ContainerState::Running as i32;
+            entry.started_at = format!("start-{n}");
+            entry.message = "running".to_string();
+        }
+        Ok(st.observed(&e.name, &e.volume))
+    }
+
+    async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError> {
+        let mut st = self.lock();
+        st.uid_matches(name, uid)?;
+        if let Some(o) = st.sandboxes.get_mut(name) {
+            o.state = ContainerState::Exited as i32;
+            o.message = "exited".to_string();
+        }
+        Ok(st.observed(name, ""))
+    }
+
+    async fn remove(&self, r: &Remove) -> Result<Observed, DriverError> {
+        let mut st = self.lock();
+        st.uid_matches(&r.name, &r.uid)?;
+        let old = st.sandboxes.remove(&r.name);
+        let volume = match (&r.volume, old) {
+            (v, _) if !v.is_empty() => v.clone(),
+            (_, Some(o)) => o.volume,
+            _ => String::new(),
+        };
+        if !r.keep_volume {
+            st.volumes.remove(&volume);
+        }
+        Ok(st.observed(&r.name, &volume))
+    }
+
+    async fn exec(&self, name: &str, command: Vec<String>) -> Result<ExecStream, DriverError> {
+        let st = self.lock();
+        match st.sandboxes.get(name) {
+            None => return Err(DriverError::NotFound { name: name.into() }),
+            Some(o) if o.state != ContainerState::Running as i32 => {
+                return Err(DriverError::NotRunning { name: name.into() })
+            }
+            Some(_) => {}
+        }
+        let line = format!("{}\n", command.join(" ")).into_bytes();
+        let items =
+            [Out::Stdout(line), Out::ExitCode(0)].map(|out| Ok(ExecOutput { out: Some(out) }));
+        Ok(Box::pin(futures::stream::iter(items)))
+    }
+
+    async fn logs(&self, name: &str, _follow: bool) -> Result<LogStream, DriverError> {
+        let st = self.lock();
+        let o = st
+            .sandboxes
+            .get(name)
+            .ok_or_else(|| DriverError::NotFound { name: name.into() })?;
+        let chunk = LogChunk {
+            data: format!("{} started at {}\n", o.name, o.started_at).into_bytes(),
+            stderr: false,
+        };
+        Ok(Box::pin(futures::stream::iter([Ok(chunk)])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn ensure(rev: u64) -> Ensure {
+        Ensure {
+            name: "s1".into(),
+            uid: "u1".into(),
+            revision: rev,
+            image: "img".into(),
+            volume: "vol-s1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn ensure_is_idempotent_and_volume_outlives_container() {
+        let d = MemoryDriver::new();
+        let a = d.ensure(&ensure(1)).await.unwrap();
+        let b = d.ensure(&ensure(1)).await.unwrap();
+        assert_eq!(a, b);
+        d.stop("s1", "u1").await.unwrap();
+        let c = d.ensure(&ensure(1)).await.unwrap();
+        assert_eq!(c.container_id, a.container_id);
+        assert_ne!(c.started_at, a.started_at);
+        let up = d.ensure(&ensure(2)).await.unwrap();
+        assert_ne!(up.container_id, a.container_id);
+        assert!(up.volume_present);
+        let mut out = d
+            .exec("s1", vec!["echo".into(), "hi".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            out.next().await.unwrap().unwrap().out,
+            Some(Out::Stdout(b"echo hi\n".to_vec()))
+        );
+        assert_eq!(
+            out.next().await.unwrap().unwrap().out,
+            Some(Out::ExitCode(0))
+        );
+        let rm = Remove {
+            name: "s1".into(),
+            uid: "u1".into(),
+            volume: "vol-s1".into(),
+            keep_volume: true,
+        };
+        let gone = d.remove(&rm).await.unwrap();
+        assert_eq!(gone.state, ContainerState::Absent as i32);
+        assert!(gone.volume_present);
+        let inv = d.inventory().await.unwrap();
+        assert_eq!(inv.len(), 1);
+        assert!(inv[0].volume_present);
+        let rm = Remove {
+            keep_volume: false,
+            ..rm
+        };
+        assert!(!d.remove(&rm).await.unwrap().volume_present);
+        assert!(d.inventory().await.unwrap().is_empty());
+    }
+}

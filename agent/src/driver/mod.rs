@@ -1,0 +1,116 @@
+//! The driver seam: how the agent makes sandboxes real on one machine.
+//!
+//! The session and the data server only see [`Driver`]; the container
+//! driver (Docker/Podman API) and the in-memory driver (fast tests and
+//! benchmarks) implement it, and a kube driver will. Every operation is
+//! idempotent (a new leader may repeat the last command, invariant 2), and
+//! no operation but `remove` without `keep_volume` ever deletes a volume
+//! (invariant 4).
+
+use std::pin::Pin;
+
+use berth_proto::agent_v1::{Ensure, ExecOutput, LogChunk, Observed, Remove};
+use futures::Stream;
+
+pub mod container_driver;
+mod container_exec;
+mod container_observed;
+pub mod engine;
+mod limits;
+pub mod memory_driver;
+
+pub use container_driver::ContainerDriver;
+pub use memory_driver::MemoryDriver;
+
+/// Output of a command run in a sandbox; the last item carries the exit code.
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, DriverError>> + Send>>;
+/// A sandbox's log output.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, DriverError>> + Send>>;
+
+/// Runs sandboxes on this node.
+#[tonic::async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// "container", "memory", later "kube"; sent in `Register.driver`.
+    fn kind(&self) -> &'static str;
+    /// Everything berth runs on this node, rebuilt from engine state.
+    async fn inventory(&self) -> Result<Vec<Observed>, DriverError>;
+    /// Make the sandbox run this revision with this volume (idempotent).
+    async fn ensure(&self, e: &Ensure) -> Result<Observed, DriverError>;
+    /// Stop the sandbox; keep its container and volume.
+    async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError>;
+    /// Remove the container, and the volume unless `keep_volume`.
+    async fn remove(&self, r: &Remove) -> Result<Observed, DriverError>;
+    /// Run a command in the running sandbox.
+    async fn exec(&self, name: &str, command: Vec<String>) -> Result<ExecStream, DriverError>;
+    /// The sandbox's output, optionally following it.
+    async fn logs(&self, name: &str, follow: bool) -> Result<LogStream, DriverError>;
+}
+
+/// One error type for all drivers: one variant per failing operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("container engine unreachable: {0}")]
+    EngineUnreachable(String),
+    #[error("image {image:?} not found locally and could not be pulled: {reason}")]
+    ImageNotFound { image: String, reason: String },
+    #[error("sandbox {name:?} not found on this node")]
+    NotFound { name: String },
+    #[error("sandbox {name:?} is not running")]
+    NotRunning { name: String },
+    #[error("sandbox {name:?} here has uid {found:?}, not {expected:?}; left untouched")]
+    UidMismatch {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("volume {volume:?} does not belong to sandbox {name:?}; left untouched")]
+    ForeignVolume { name: String, volume: String },
+    #[error("exec failed: {0}")]
+    Exec(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("engine {op} failed: {source}")]
+    Engine {
+        op: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+impl From<DriverError> for tonic::Status {
+    fn from(e: DriverError) -> Self {
+        let msg = e.to_string();
+        match e {
+            DriverError::EngineUnreachable(_) => tonic::Status::unavailable(msg),
+            DriverError::NotFound { .. } => tonic::Status::not_found(msg),
+            DriverError::Invalid(_) => tonic::Status::invalid_argument(msg),
+            DriverError::ImageNotFound { .. }
+            | DriverError::NotRunning { .. }
+            | DriverError::UidMismatch { .. }
+            | DriverError::ForeignVolume { .. } => tonic::Status::failed_precondition(msg),
+            DriverError::Engine { .. } | DriverError::Exec(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+/// Container name of a sandbox.
+pub fn container_name(sandbox: &str) -> String {
+    format!("berth-{sandbox}")
+}
+
+/// Reject names that cannot be a container or volume name.
+pub fn validate_name(what: &str, name: &str) -> Result<(), DriverError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(DriverError::Invalid(format!(
+            "{what} {name:?} must be 1-200 of [A-Za-z0-9_.-], starting alphanumeric"
+        )))
+    }
+}

@@ -1,0 +1,154 @@
+//! The agent's node name.
+//!
+//! Keeps invariant 7: node identity is deterministic. It is the
+//! `--node-name` flag, or the name persisted in `DATA_DIR/node-name` on the
+//! first start (the machine's hostname then), and it is never derived from a
+//! container id. A flag that contradicts the persisted name refuses to start,
+//! because a silent rename would orphan every sandbox placed on this node.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::{read_trimmed, write_atomic};
+
+/// File (inside the data dir) holding the persisted node name.
+pub const NODE_NAME_FILE: &str = "node-name";
+
+/// Why the node name could not be settled.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("--node-name {flag:?} differs from the name {persisted:?} persisted in {path}; a node is never renamed (use the persisted name, or a new --data-dir for a new node)")]
+    Mismatch {
+        flag: String,
+        persisted: String,
+        path: PathBuf,
+    },
+    #[error("invalid node name {name:?}: {reason}")]
+    Invalid { name: String, reason: &'static str },
+    #[error("no --node-name given and the hostname could not be read: {0}")]
+    NoHostname(#[source] io::Error),
+    #[error("cannot read or persist the node name in {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Settle the node name: flag, else persisted, else hostname; persist it.
+pub fn resolve(data_dir: &Path, flag: Option<&str>) -> Result<String, IdentityError> {
+    resolve_with(data_dir, flag, hostname)
+}
+
+/// [`resolve`] with an injectable hostname source (for tests).
+pub fn resolve_with(
+    data_dir: &Path,
+    flag: Option<&str>,
+    hostname: impl FnOnce() -> io::Result<String>,
+) -> Result<String, IdentityError> {
+    let path = data_dir.join(NODE_NAME_FILE);
+    let io_err = |source| IdentityError::Io {
+        path: path.clone(),
+        source,
+    };
+    let persisted = read_trimmed(&path).map_err(io_err)?;
+    let name = match (flag, persisted) {
+        (Some(flag), Some(persisted)) if flag != persisted => {
+            return Err(IdentityError::Mismatch {
+                flag: flag.to_string(),
+                persisted,
+                path,
+            })
+        }
+        (_, Some(persisted)) => return validate(persisted),
+        (Some(flag), None) => validate(flag.to_string())?,
+        (None, None) => validate(hostname().map_err(IdentityError::NoHostname)?)?,
+    };
+    write_atomic(&path, format!("{name}\n").as_bytes()).map_err(io_err)?;
+    Ok(name)
+}
+
+fn validate(name: String) -> Result<String, IdentityError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > 253 {
+        Some("longer than 253 characters")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        Some("only letters, digits, '-', '_' and '.' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(IdentityError::Invalid { name, reason }),
+        None => Ok(name),
+    }
+}
+
+/// The machine's hostname (`/etc/hostname`, else the kernel's).
+fn hostname() -> io::Result<String> {
+    for p in ["/etc/hostname", "/proc/sys/kernel/hostname"] {
+        if let Some(h) = read_trimmed(Path::new(p))? {
+            if !h.is_empty() {
+                return Ok(h);
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::NotFound, "hostname is empty"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &'static str) -> impl FnOnce() -> io::Result<String> {
+        move || Ok(name.to_string())
+    }
+
+    #[test]
+    fn first_start_persists_hostname_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_with(dir.path(), None, host("vm1")).unwrap(), "vm1");
+        // The machine is renamed: the node is not.
+        assert_eq!(resolve_with(dir.path(), None, host("vm2")).unwrap(), "vm1");
+        assert_eq!(
+            resolve_with(dir.path(), Some("vm1"), host("vm2")).unwrap(),
+            "vm1"
+        );
+    }
+
+    #[test]
+    fn flag_is_persisted_and_a_different_flag_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            resolve_with(dir.path(), Some("node-a"), host("vm")).unwrap(),
+            "node-a"
+        );
+        assert_eq!(
+            resolve_with(dir.path(), None, host("vm")).unwrap(),
+            "node-a"
+        );
+        let err = resolve_with(dir.path(), Some("node-b"), host("vm")).unwrap_err();
+        assert!(matches!(err, IdentityError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains("node-a"));
+    }
+
+    #[test]
+    fn invalid_names_are_refused_and_not_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "a b", "x/y"] {
+            let err = resolve_with(dir.path(), Some(bad), host("vm")).unwrap_err();
+            assert!(matches!(err, IdentityError::Invalid { .. }), "{err}");
+        }
+        assert!(!dir.path().join(NODE_NAME_FILE).exists());
+    }
+
+    #[test]
+    fn hostname_failure_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_with(dir.path(), None, || Err(io::Error::other("boom"))).unwrap_err();
+        assert!(matches!(err, IdentityError::NoHostname(_)));
+    }
+}
