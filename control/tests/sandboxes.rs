@@ -103,18 +103,28 @@ async fn wait_phase(
     phase: Phase,
     timeout: Duration,
 ) -> anyhow::Result<Sandbox> {
+    wait_until(cluster, name, timeout, |s| s.phase == phase as i32).await
+}
+
+/// Polls the sandbox until `done` holds (bounded by `timeout`).
+async fn wait_until(
+    cluster: &mut TestCluster,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&Sandbox) -> bool,
+) -> anyhow::Result<Sandbox> {
     let deadline = Instant::now() + timeout;
     let mut last = None;
     loop {
         if let Ok(Some(s)) = get(cluster, name).await {
-            if s.phase == phase as i32 {
+            if done(&s) {
                 return Ok(s);
             }
             last = Some(s);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{name} never reached {phase:?}; last {last:?}\n{}",
+            "{name} never reached the expected state; last {last:?}\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -279,8 +289,10 @@ async fn an_agent_restart_reconciles_its_inventory_without_duplicates_or_deletes
     );
     cluster.start_agent(NODE)?;
     wait_agent_ready(&cluster, Duration::from_secs(30)).await?;
-    let s = wait_phase(&mut cluster, &name, Phase::Running, Duration::from_secs(30)).await?;
-    assert!(s.message.contains("running"), "{s:?}");
+    wait_until(&mut cluster, &name, Duration::from_secs(30), |s| {
+        s.phase == Phase::Running as i32 && s.message.starts_with("running on node")
+    })
+    .await?;
     assert_eq!(podman::container(&name)?, Some(before));
     assert_eq!(podman::containers_of(&name)?.len(), 1);
     assert_eq!(podman::volumes_of(&name)?.len(), 1);
