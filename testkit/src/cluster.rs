@@ -178,9 +178,19 @@ impl TestCluster {
 
     /// Waits until every running node agrees on one leader that is running.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let running = self.running();
+        self.wait_for_leader_among(&running, timeout).await
+    }
+
+    /// Waits until nodes `among` agree on a leader that is one of them.
+    pub async fn wait_for_leader_among(
+        &mut self,
+        among: &[u64],
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let running = self.running();
+            let running = among.to_vec();
             let mut leaders = Vec::new();
             for id in &running {
                 if let Ok(status) = self.status(*id).await {
@@ -226,13 +236,19 @@ impl TestCluster {
     /// Starts agent `name` with the container driver (or restarts it from
     /// its data dir).
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let control = self.control_addrs();
+        self.start_agent_with_control(name, &control)
+    }
+
+    /// Starts agent `name` dialing `control` (for example a fake leader).
+    pub fn start_agent_with_control(&mut self, name: &str, control: &str) -> anyhow::Result<()> {
         let addr = match self.agents.get(name) {
             Some(slot) => slot.addr.clone(),
             None => format!("127.0.0.1:{}", free_port()?),
         };
         let args = vec![
             "--control".to_string(),
-            self.control_addrs(),
+            control.to_string(),
             "--node-name".to_string(),
             name.to_string(),
             "--data-dir".to_string(),
@@ -279,6 +295,11 @@ impl TestCluster {
     pub fn track(&mut self, sandbox: &str) -> String {
         self.sandboxes.push(sandbox.to_string());
         sandbox.to_string()
+    }
+
+    /// The agent's data dir.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{name}"))
     }
 
     /// Tails of every node's log.
