@@ -96,13 +96,19 @@ pub fn print_sandboxes(format: Format, sandboxes: &[Sandbox], as_list: bool) {
             }
         }
         Format::Table => {
-            let mut rows = vec![["NAME", "PHASE", "REVISION", "IMAGE", "MESSAGE"]
+            let mut rows = vec![["NAME", "PHASE", "NODE", "REVISION", "IMAGE", "MESSAGE"]
                 .map(String::from)
                 .to_vec()];
             for s in sandboxes {
+                let node = if s.node.is_empty() {
+                    "-"
+                } else {
+                    s.node.as_str()
+                };
                 rows.push(vec![
                     s.name.clone(),
                     phase_name(s.phase).to_string(),
+                    node.to_string(),
                     s.revision.to_string(),
                     s.spec.as_ref().map(|x| x.image.clone()).unwrap_or_default(),
                     s.message.clone(),

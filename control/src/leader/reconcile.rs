@@ -14,8 +14,10 @@ use berth_raft::{Desired, Phase, SandboxRecord};
 /// How the sandbox's node looks from the leader.
 #[derive(Debug, Clone, Copy)]
 pub enum NodeLink<'a> {
-    /// Not connected to this leader (or no inventory yet).
-    Disconnected,
+    /// Not connected to this leader (or no inventory yet). `ready` is the
+    /// node's replicated liveness: still Ready means a new leader is
+    /// waiting for the agent to reconnect, and nothing is reported yet.
+    Disconnected { ready: bool },
     /// Connected; what it reports for this sandbox (None: nothing at all).
     Connected(Option<&'a Observed>),
 }
@@ -107,7 +109,8 @@ pub fn decide(i: Inputs<'_>) -> Plan {
         };
     };
     let observed = match i.link {
-        NodeLink::Disconnected => {
+        NodeLink::Disconnected { ready: true } => return plan(None, Action::None),
+        NodeLink::Disconnected { ready: false } => {
             let phase = if matches!(r.desired, Desired::Deleted { .. }) {
                 Phase::Deleting
             } else {

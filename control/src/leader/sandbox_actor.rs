@@ -126,6 +126,10 @@ impl SandboxState {
             Some(node) => self.ctx.directory.link(node, &record.name),
             None => Link::Disconnected,
         };
+        let node_ready = record.node.as_deref().is_some_and(|n| {
+            let state = self.ctx.node.state().read();
+            state.table.node(n).is_some_and(|r| r.ready)
+        });
         let ready = if record.node.is_none() {
             self.ready_nodes()
         } else {
@@ -134,7 +138,7 @@ impl SandboxState {
         let plan = decide(Inputs {
             record: &record,
             link: match &link {
-                Link::Disconnected => NodeLink::Disconnected,
+                Link::Disconnected => NodeLink::Disconnected { ready: node_ready },
                 Link::Connected(o) => NodeLink::Connected(o.as_ref()),
             },
             ready_nodes: &ready,

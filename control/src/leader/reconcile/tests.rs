@@ -62,10 +62,10 @@ fn unplaced_sandboxes_go_to_the_least_loaded_node_or_wait() {
         ("c".to_string(), 5),
     ];
     assert_eq!(
-        decide(inputs(&r, NodeLink::Disconnected, &ready)).action,
+        decide(inputs(&r, NodeLink::Disconnected { ready: true }, &ready)).action,
         Action::Schedule("a".into())
     );
-    let p = decide(inputs(&r, NodeLink::Disconnected, &[]));
+    let p = decide(inputs(&r, NodeLink::Disconnected { ready: true }, &[]));
     assert_eq!(p.action, Action::None);
     assert_eq!(
         p.status.map(|s| s.message),
@@ -73,7 +73,12 @@ fn unplaced_sandboxes_go_to_the_least_loaded_node_or_wait() {
     );
     let deleted = record(None, Desired::Deleted { keep_volume: false });
     assert_eq!(
-        decide(inputs(&deleted, NodeLink::Disconnected, &ready)).action,
+        decide(inputs(
+            &deleted,
+            NodeLink::Disconnected { ready: true },
+            &ready
+        ))
+        .action,
         Action::Forget
     );
 }
@@ -87,9 +92,12 @@ fn a_disconnected_node_means_no_action_and_not_ready() {
     ] {
         let r = record(Some("n1"), desired);
         let ready = vec![("n2".to_string(), 0)];
-        let p = decide(inputs(&r, NodeLink::Disconnected, &ready));
+        let p = decide(inputs(&r, NodeLink::Disconnected { ready: false }, &ready));
         assert_eq!(p.action, Action::None, "{desired:?}");
         assert!(p.status.is_some_and(|s| s.message.contains("NotReady")));
+        // Still Ready in the state machine: a new leader waits, reports nothing.
+        let p = decide(inputs(&r, NodeLink::Disconnected { ready: true }, &ready));
+        assert_eq!((p.action, p.status), (Action::None, None), "{desired:?}");
     }
 }
 
