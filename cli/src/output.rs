@@ -140,6 +140,7 @@ pub fn print_status(format: Format, status: &ClusterStatus) {
                     "members": members,
                     "node": status.node_id,
                     "last_applied_index": status.last_applied_index,
+                    "sandbox_actors": status.sandbox_actors,
                 })
             );
         }

@@ -43,7 +43,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(SandboxServiceServer::new(SandboxApi::new(node.clone())))
-        .add_service(ClusterServiceServer::new(ClusterApi::new(node.clone())))
+        .add_service(ClusterServiceServer::new(ClusterApi::new(
+            node.clone(),
+            leadership.clone(),
+        )))
         .add_service(AgentControlServer::new(AgentSessions::new(
             node.clone(),
             leadership,

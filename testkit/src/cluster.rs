@@ -237,11 +237,21 @@ impl TestCluster {
     /// its data dir).
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
         let control = self.control_addrs();
-        self.start_agent_with_control(name, &control)
+        self.start_agent_with(name, &control, "container")
     }
 
     /// Starts agent `name` dialing `control` (for example a fake leader).
     pub fn start_agent_with_control(&mut self, name: &str, control: &str) -> anyhow::Result<()> {
+        self.start_agent_with(name, control, "container")
+    }
+
+    /// Starts agent `name` dialing `control` with `driver` (container or memory).
+    pub fn start_agent_with(
+        &mut self,
+        name: &str,
+        control: &str,
+        driver: &str,
+    ) -> anyhow::Result<()> {
         let addr = match self.agents.get(name) {
             Some(slot) => slot.addr.clone(),
             None => format!("127.0.0.1:{}", free_port()?),
@@ -258,7 +268,7 @@ impl TestCluster {
                 .display()
                 .to_string(),
             "--driver".to_string(),
-            "container".to_string(),
+            driver.to_string(),
             "--listen".to_string(),
             addr.clone(),
         ];

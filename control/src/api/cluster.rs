@@ -11,14 +11,16 @@ use berth_raft::RaftNode;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
+use crate::leader::Leadership;
 
 pub struct ClusterApi {
     node: Arc<RaftNode>,
+    leadership: Leadership,
 }
 
 impl ClusterApi {
-    pub fn new(node: Arc<RaftNode>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<RaftNode>, leadership: Leadership) -> Self {
+        Self { node, leadership }
     }
 
     fn status(&self) -> ClusterStatus {
@@ -51,6 +53,7 @@ impl ClusterApi {
             last_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
             snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
             purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
+            sandbox_actors: u32::try_from(self.leadership.sandbox_actors()).unwrap_or(u32::MAX),
         }
     }
 }

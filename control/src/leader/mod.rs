@@ -32,4 +32,6 @@ pub struct LeaderCtx {
     pub directory: Directory,
     /// The Raft term this tree acts for; sent with every agent command.
     pub term: u64,
+    /// How many sandbox actors run (reported by `ClusterService.GetStatus`).
+    pub actors: Arc<std::sync::atomic::AtomicUsize>,
 }

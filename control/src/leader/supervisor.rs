@@ -195,6 +195,10 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::Tick => {
                 state.sync_sandboxes(&myself).await;
+                state
+                    .ctx
+                    .actors
+                    .store(state.sandboxes.len(), Ordering::Relaxed);
                 state.check_nodes().await;
             }
             SupervisorMsg::AgentConnected(session) => {

@@ -6,6 +6,7 @@
 //! the whole state machine; and a node that is not the leader runs no actor
 //! and accepts no agent session (2, 3).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,12 +23,22 @@ type Running = Option<(u64, ActorRef<SupervisorMsg>)>;
 #[derive(Clone, Default)]
 pub struct Leadership {
     current: Arc<Mutex<Running>>,
+    actors: Arc<AtomicUsize>,
 }
 
 impl Leadership {
     /// The running supervisor, if this node leads and has caught up.
     pub fn supervisor(&self) -> Option<ActorRef<SupervisorMsg>> {
         self.lock().as_ref().map(|(_, a)| a.clone())
+    }
+
+    /// Sandbox actors running now (0 when not leading).
+    pub fn sandbox_actors(&self) -> usize {
+        if self.lock().is_some() {
+            self.actors.load(Ordering::Relaxed)
+        } else {
+            0
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -78,6 +89,7 @@ impl Leadership {
                                 node: node.clone(),
                                 directory: Directory::default(),
                                 term,
+                                actors: self.actors.clone(),
                             });
                             match Actor::spawn(None, Supervisor, ctx).await {
                                 Ok((supervisor, _)) => {
