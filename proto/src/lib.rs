@@ -1,5 +1,9 @@
-//! Generated gRPC types: the public `berth.v1` API and the internal
-//! `berth.raft.v1` transport between control nodes.
+//! Generated gRPC types: the public `berth.v1` API, the internal
+//! `berth.raft.v1` transport between control nodes and the
+//! `berth.agent.v1` agent protocol; plus [`policy`], the sandbox policy
+//! document that the control plane validates and agents apply.
+
+pub mod policy;
 
 /// Public API: sandboxes and cluster membership.
 pub mod v1 {

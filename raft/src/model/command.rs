@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::update::{UpdatePhase, UpdatePolicy};
 use super::{Desired, NodeRecord, Phase, SandboxRecord, SandboxSpec};
 
 /// A state-machine command, proposed through Raft.
@@ -50,6 +51,38 @@ pub enum Command {
         data_addr: String,
         cpus: u32,
         memory_bytes: u64,
+        at_ms: i64,
+    },
+    /// Start an update to `spec` (a new revision), optionally only if the
+    /// sandbox is still at `expected_revision`.
+    UpdateSandbox {
+        name: String,
+        operation_id: String,
+        spec: SandboxSpec,
+        expected_revision: Option<u64>,
+        policy: UpdatePolicy,
+        at_ms: i64,
+    },
+    /// Roll back: abort the update in progress, or go back to `to_revision`
+    /// (default: the last stable revision other than the current one).
+    RollbackSandbox {
+        name: String,
+        operation_id: String,
+        to_revision: Option<u64>,
+        policy: UpdatePolicy,
+        at_ms: i64,
+    },
+    /// Commit an operation's next phase (compare-and-set on `from`), with
+    /// the revision switch and stability mark the transition implies.
+    AdvanceOperation {
+        name: String,
+        uid: String,
+        operation_id: String,
+        from: UpdatePhase,
+        to: UpdatePhase,
+        reason: String,
+        switch_to: Option<u64>,
+        mark_stable: Option<u64>,
         at_ms: i64,
     },
     /// An agent's liveness changed.

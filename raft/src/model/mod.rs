@@ -1,13 +1,16 @@
-//! The replicated state machine's data: sandbox and node records and the
-//! commands that change them. Pure and deterministic: `apply` never reads a
+//! The replicated state machine's data: sandbox and node records, their
+//! revisions and update operations, and the commands that change them. Pure and deterministic: `apply` never reads a
 //! clock or a random source; timestamps and ids travel inside the commands.
 
 mod command;
 mod node;
+mod operation;
 mod sandbox;
 mod state;
+pub mod update;
 
 pub use command::{Command, CommandResponse, Rejection, RejectionKind};
 pub use node::NodeRecord;
+pub use operation::{Operation, OperationKind, Revision};
 pub use sandbox::{volume_name, Desired, Phase, SandboxRecord, SandboxSpec};
 pub use state::{Change, State, NO_NODE_MESSAGE, UNSCHEDULED_MESSAGE};

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Operation, Revision};
+
 /// What the user asked for; each change makes a new revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -88,4 +90,39 @@ pub struct SandboxRecord {
     /// The workspace volume, fixed at creation.
     #[serde(default)]
     pub volume: String,
+    /// Every revision of the spec, oldest first; `spec` is `revision`'s.
+    #[serde(default)]
+    pub revisions: Vec<Revision>,
+    /// The revision most recently verified healthy (0: none yet).
+    #[serde(default)]
+    pub stable_revision: u64,
+    /// The current update or rollback, or the last one.
+    #[serde(default)]
+    pub operation: Option<Operation>,
+}
+
+impl SandboxRecord {
+    pub fn revision(&self, number: u64) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.number == number)
+    }
+
+    /// The operation in progress, if any.
+    pub fn active_operation(&self) -> Option<&Operation> {
+        self.operation.as_ref().filter(|o| o.is_active())
+    }
+
+    /// Makes `number` the current revision (its spec becomes `spec`).
+    pub(crate) fn switch_to(&mut self, number: u64) {
+        if let Some(rev) = self.revision(number).cloned() {
+            self.revision = number;
+            self.spec = rev.spec;
+        }
+    }
+
+    pub(crate) fn mark_stable(&mut self, number: u64) {
+        if let Some(rev) = self.revisions.iter_mut().find(|r| r.number == number) {
+            rev.stable = true;
+            self.stable_revision = number;
+        }
+    }
 }

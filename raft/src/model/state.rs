@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::command::RejectionKind::{AlreadyExists, FailedPrecondition, NotFound};
-use super::{volume_name, Command, CommandResponse, Desired, NodeRecord, Phase, SandboxRecord};
+use super::{volume_name, Command, CommandResponse, Desired, NodeRecord, Phase, Revision, SandboxRecord};
 
 /// Message of a sandbox that no node agent can take.
 pub const NO_NODE_MESSAGE: &str = "no node available";
@@ -34,14 +34,14 @@ pub struct State {
 
 type Applied = (CommandResponse, Vec<Change>);
 
-fn not_found(name: &str) -> Applied {
+pub(super) fn not_found(name: &str) -> Applied {
     (
         CommandResponse::rejected(NotFound, format!("sandbox {name:?} not found")),
         vec![],
     )
 }
 
-fn put(record: SandboxRecord) -> Applied {
+pub(super) fn put(record: SandboxRecord) -> Applied {
     (
         CommandResponse::Sandbox {
             record: record.clone(),
@@ -88,7 +88,7 @@ impl State {
     }
 
     /// The sandbox `name` if its uid is `uid`.
-    fn current(&self, name: &str, uid: &str) -> Option<&SandboxRecord> {
+    pub(super) fn current(&self, name: &str, uid: &str) -> Option<&SandboxRecord> {
         self.sandboxes.get(name).filter(|r| r.uid == uid)
     }
 
@@ -106,6 +106,10 @@ impl State {
             }
         }
         (response, changes)
+    }
+
+    pub(super) fn sandbox(&self, name: &str) -> Option<&SandboxRecord> {
+        self.sandboxes.get(name)
     }
 
     fn decide(&self, command: &Command) -> Applied {
@@ -132,6 +136,14 @@ impl State {
                     node: None,
                     container_id: String::new(),
                     volume: volume_name(name, uid),
+                    revisions: vec![Revision {
+                        number: 1,
+                        spec: spec.clone(),
+                        created_at_ms: *created_at_ms,
+                        stable: false,
+                    }],
+                    stable_revision: 0,
+                    operation: None,
                 })
             }
             Command::DeleteSandbox { name, keep_volume } => {
@@ -209,6 +221,14 @@ impl State {
                 record.phase = *phase;
                 record.message = message.clone();
                 record.container_id = container_id.clone();
+                // Running outside an operation verifies the current revision.
+                let verified = *phase == Phase::Running
+                    && record.active_operation().is_none()
+                    && record.revision(record.revision).is_some_and(|r| !r.stable);
+                if verified {
+                    let current = record.revision;
+                    record.mark_stable(current);
+                }
                 put(record)
             }
             Command::RemoveSandbox { name, uid } => {
@@ -219,6 +239,9 @@ impl State {
                     CommandResponse::Deleted { name: name.clone() },
                     vec![Change::DeleteSandbox(name.clone())],
                 )
+            }
+            Command::UpdateSandbox { .. } | Command::RollbackSandbox { .. } | Command::AdvanceOperation { .. } => {
+                self.decide_operation(command)
             }
             Command::RegisterNode {
                 name,
@@ -271,6 +294,8 @@ impl State {
         }
     }
 }
+
+mod operations;
 
 #[cfg(test)]
 mod tests;

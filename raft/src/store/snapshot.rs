@@ -168,6 +168,9 @@ mod tests {
                 node: Some("n1".into()),
                 container_id: String::new(),
                 volume: format!("berth-s{i}-u{i}"),
+                revisions: vec![],
+                stable_revision: 0,
+                operation: None,
             })
             .collect();
         let nodes = vec![NodeRecord {
