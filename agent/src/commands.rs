@@ -8,14 +8,20 @@
 //! lane per sandbox name); different sandboxes proceed concurrently. Lanes
 //! outlive a control session, so a reconnect never runs two commands for
 //! one sandbox at once.
+//!
+//! `Pull` (the first step of an update) goes through the same fence and the
+//! same lane as the sandbox's other commands; it only makes the image local
+//! and replies with the sandbox as it is (just the name if nothing exists).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use berth_proto::agent_v1::{agent_message, command::Op, AgentMessage, Command, CommandResult};
+use berth_proto::agent_v1::{
+    agent_message, command::Op, AgentMessage, Command, CommandResult, ContainerState, Observed,
+};
 use tokio::sync::mpsc;
 
-use crate::driver::Driver;
+use crate::driver::{Driver, DriverError};
 use crate::fence::Fence;
 
 /// A command plus where to send its result (the session's outbound stream).
@@ -119,6 +125,7 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
         Some(Op::Ensure(e)) => ("ensure", driver.ensure(e).await),
         Some(Op::Stop(s)) => ("stop", driver.stop(&s.name, &s.uid).await),
         Some(Op::Remove(r)) => ("remove", driver.remove(r).await),
+        Some(Op::Pull(p)) => ("pull", pull(driver, &p.name, &p.image).await),
         None => return failed(id, "command without an operation".into()),
     };
     let sandbox = sandbox_of(&command);
@@ -139,6 +146,23 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
     }
 }
 
+/// Make the image local, then report the sandbox untouched: its container
+/// if it has one, else its volume, else just its name.
+async fn pull(driver: &dyn Driver, name: &str, image: &str) -> Result<Observed, DriverError> {
+    driver.pull(image).await?;
+    let mut mine: Vec<Observed> = driver
+        .inventory()
+        .await?
+        .into_iter()
+        .filter(|o| o.name == name)
+        .collect();
+    mine.sort_by_key(|o| o.state == ContainerState::Absent as i32);
+    Ok(mine.into_iter().next().unwrap_or_else(|| Observed {
+        name: name.to_string(),
+        ..Default::default()
+    }))
+}
+
 fn failed(command_id: u64, error: String) -> CommandResult {
     CommandResult {
         command_id,
@@ -152,6 +176,7 @@ fn sandbox_of(command: &Command) -> &str {
         Some(Op::Ensure(e)) => &e.name,
         Some(Op::Stop(s)) => &s.name,
         Some(Op::Remove(r)) => &r.name,
+        Some(Op::Pull(p)) => &p.name,
         None => "",
     }
 }
@@ -160,7 +185,7 @@ fn sandbox_of(command: &Command) -> &str {
 mod tests {
     use super::*;
     use crate::driver::MemoryDriver;
-    use berth_proto::agent_v1::{ContainerState, Ensure, Stop};
+    use berth_proto::agent_v1::{Ensure, Pull, Stop};
 
     fn ensure_cmd(id: u64, term: u64, name: &str) -> Command {
         Command {
@@ -255,5 +280,72 @@ mod tests {
         let r = execute(&driver, &fence, ensure_cmd(1, 3, "a")).await;
         assert!(r.refused && !r.ok);
         assert!(driver.inventory().await.unwrap().is_empty());
+    }
+
+    fn pull_cmd(id: u64, term: u64, name: &str, image: &str) -> Command {
+        Command {
+            command_id: id,
+            term,
+            op: Some(Op::Pull(Pull {
+                name: name.into(),
+                image: image.into(),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn pull_is_fenced_serialized_and_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Arc::new(Fence::load(dir.path()).unwrap());
+        fence.observe(3).unwrap();
+        let driver = Arc::new(MemoryDriver::new());
+        let runner = CommandRunner::new(driver.clone(), fence.clone());
+        let (tx, mut rx) = mpsc::channel(8);
+
+        // Stale: refused before anything runs (even for a missing image).
+        for (id, image) in [(1, "img:v2"), (2, "does-not-exist:v2")] {
+            runner.submit(pull_cmd(id, 2, "a", image), tx.clone()).await;
+            let r = next_result(&mut rx).await;
+            assert!(r.refused && !r.ok && r.command_id == id, "{r:?}");
+            assert_eq!(r.error, "stale term 2 < highest 3");
+        }
+
+        // Nothing there yet: ok, with just the name.
+        runner
+            .submit(pull_cmd(3, 3, "a", "img:v2"), tx.clone())
+            .await;
+        let r = next_result(&mut rx).await;
+        assert!(r.ok && !r.refused, "{r:?}");
+        let just_name = Observed {
+            name: "a".into(),
+            ..Default::default()
+        };
+        assert_eq!(r.observed, Some(just_name));
+
+        // Same lane as Ensure: the pull reports the container it follows,
+        // untouched.
+        runner.submit(ensure_cmd(4, 3, "a"), tx.clone()).await;
+        runner
+            .submit(pull_cmd(5, 3, "a", "img:v2"), tx.clone())
+            .await;
+        let ensured = next_result(&mut rx).await.observed.unwrap();
+        let r = next_result(&mut rx).await;
+        assert!(r.ok && r.command_id == 5, "{r:?}");
+        assert_eq!(r.observed.as_ref(), Some(&ensured));
+        assert_eq!(ensured.state, ContainerState::Running as i32);
+
+        // A missing image: not ok, the reason given, nothing changed.
+        runner
+            .submit(pull_cmd(6, 3, "a", "does-not-exist:v2"), tx.clone())
+            .await;
+        let r = next_result(&mut rx).await;
+        assert!(!r.ok && !r.refused, "{r:?}");
+        assert!(r.error.contains("not found locally"), "{}", r.error);
+        assert_eq!(driver.inventory().await.unwrap(), vec![ensured]);
+
+        // Admitted, then a newer leader appears before it runs: refused.
+        fence.observe(4).unwrap();
+        let r = execute(driver.as_ref(), &fence, pull_cmd(7, 3, "a", "img:v2")).await;
+        assert!(r.refused && !r.ok, "{r:?}");
     }
 }

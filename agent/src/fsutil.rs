@@ -1,4 +1,5 @@
-//! Small durable-file helpers shared by the identity and the fence.
+//! Small durable-file helpers shared by the identity, the fence and the
+//! container driver's policy files.
 //!
 //! Keeps: a persisted file is either its old or its new content, never a
 //! torn write (write a temporary file, fsync it, rename it over the target,
@@ -6,10 +7,21 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Atomically replace `path` with `contents`, durable once this returns.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, contents, None)
+}
+
+/// [`write_atomic`], the file getting permission bits `mode` (not masked
+/// by the umask) before it appears under `path`.
+pub fn write_atomic_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, contents, Some(mode))
+}
+
+fn write_atomic_with(path: &Path, contents: &[u8], mode: Option<u32>) -> io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir)?;
     let file_name = path
@@ -23,6 +35,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(contents)?;
+        if let Some(mode) = mode {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;

@@ -7,8 +7,10 @@
 //! ```
 //!
 //! The agent holds no sandbox state of its own: the inventory is rebuilt
-//! from the engine (labels), and only the node name and the highest leader
-//! term are persisted in the data dir.
+//! from the engine (labels). The data dir holds only the node name, the
+//! highest leader term, and the container driver's copies of sandbox policy
+//! documents (`policies/<sandbox>-r<revision>.yaml`, bind-mounted read-only
+//! at `/etc/berth/policy.yaml`; rewritten from `Ensure` whenever needed).
 
 pub mod commands;
 pub mod data_server;

@@ -5,125 +5,17 @@
 //! back (volume intact, not re-seeded), stop + restart, update, inventory
 //! from labels after an agent "restart", and remove with and without
 //! `keep_volume`. Skipped (with a notice) only when no engine exists at all.
+//! Helpers (image, podman, cleanup, exec) are in `common/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::Mutex;
+mod common;
+
 use std::time::Duration;
 
 use berth_agent::driver::{ContainerDriver, Driver, DriverError};
-use berth_proto::agent_v1::{exec_output::Out, ContainerState, Ensure, Observed, Remove};
+use berth_proto::agent_v1::{ContainerState, Remove};
+use common::*;
 use futures::StreamExt;
-
-const IMAGE: &str = "localhost/berth-agent-test:v1";
-const TEST_TIMEOUT: Duration = Duration::from_secs(240);
-static IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
-
-fn podman(args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new("podman");
-    if Path::new("/usr/sbin/runc").exists() {
-        cmd.args(["--runtime", "/usr/sbin/runc"]);
-    }
-    cmd.args(args).output().expect("run podman")
-}
-
-fn engine_available() -> bool {
-    let any_socket = ["/run/podman/podman.sock", "/var/run/docker.sock"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    let has_podman = Command::new("podman").arg("--version").output().is_ok();
-    if !any_socket && !has_podman {
-        eprintln!(
-            "NOTICE: no container engine socket and no podman; skipping container driver tests"
-        );
-    }
-    any_socket || has_podman
-}
-
-fn build_image() {
-    let mut built = IMAGE_BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if *built {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox")).expect("copy /bin/busybox");
-    std::fs::write(
-        dir.path().join("Containerfile"),
-        "FROM scratch\n\
-         COPY busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-         RUN mkdir -p /sandbox && echo seeded > /sandbox/README\n\
-         CMD [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
-    )
-    .unwrap();
-    let out = podman(&["build", "-q", "-t", IMAGE, &dir.path().to_string_lossy()]);
-    assert!(
-        out.status.success(),
-        "podman build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    *built = true;
-}
-
-/// Force-removes the test's containers and volumes, also on failure.
-struct Cleanup {
-    names: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.names {
-            podman(&["rm", "-f", "-t", "0", &format!("berth-{name}")]);
-            podman(&["volume", "rm", "-f", &volume_of(name)]);
-        }
-    }
-}
-
-fn volume_of(name: &str) -> String {
-    format!("{name}-ws")
-}
-
-fn ensure(name: &str, uid: &str, revision: u64, image: &str) -> Ensure {
-    Ensure {
-        name: name.into(),
-        uid: uid.into(),
-        revision,
-        image: image.into(),
-        env: [("GREETING".to_string(), "hi".to_string())].into(),
-        policy: None,
-        volume: volume_of(name),
-    }
-}
-
-fn volume_exists(volume: &str) -> bool {
-    podman(&["volume", "exists", volume]).status.success()
-}
-
-/// Run `sh -c script` in the sandbox: (stdout, stderr, exit code).
-async fn sh(d: &ContainerDriver, name: &str, script: &str) -> (String, String, i32) {
-    let cmd = vec!["/bin/sh".into(), "-c".into(), script.into()];
-    let mut stream = d.exec(name, cmd).await.unwrap();
-    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
-    while let Some(item) = stream.next().await {
-        match item.unwrap().out.unwrap() {
-            Out::Stdout(b) => out.extend(b),
-            Out::Stderr(b) => err.extend(b),
-            Out::ExitCode(c) => code = Some(c),
-        }
-    }
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (text(out), text(err), code.expect("exit code is sent last"))
-}
-
-fn assert_running(o: &Observed) {
-    assert_eq!(o.state, ContainerState::Running as i32, "{o:?}");
-    assert!(o.volume_present, "{o:?}");
-    assert!(
-        !o.container_id.is_empty() && !o.started_at.is_empty(),
-        "{o:?}"
-    );
-}
 
 #[tokio::test]
 async fn sandbox_lifecycle_keeps_the_volume() {
@@ -250,13 +142,6 @@ async fn lifecycle(name: &str) {
     assert!(!removed.volume_present, "{removed:?}");
     assert!(!volume_exists(&vol));
     assert!(d2.inventory().await.unwrap().iter().all(|o| o.name != name));
-}
-
-async fn inventory_entry(d: &ContainerDriver, name: &str) -> Observed {
-    let inv = d.inventory().await.unwrap();
-    let mine: Vec<_> = inv.into_iter().filter(|o| o.name == name).collect();
-    assert_eq!(mine.len(), 1, "{mine:?}");
-    mine.into_iter().next().unwrap()
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The control session against fake control nodes over real loopback gRPC:
 //! a follower redirects to the leader, the leader registers the agent at
-//! its term, stale commands are refused, fresh ones run, heartbeats flow,
+//! its term, stale commands (Ensure and Pull) are refused, fresh ones run,
+//! heartbeats flow,
 //! and a dropped stream makes the agent reconnect with its raised term.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,7 @@ use berth_agent::session::{Session, SessionConfig};
 use berth_proto::agent_v1::agent_control_server::{AgentControl, AgentControlServer};
 use berth_proto::agent_v1::{
     agent_message::Msg as Up, command::Op, control_message::Msg as Down, AgentMessage, Command,
-    CommandResult, ControlMessage, Ensure, Redirect, Registered,
+    CommandResult, ControlMessage, Ensure, Pull, Redirect, Registered,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -73,6 +74,17 @@ fn ensure(id: u64, term: u64) -> Down {
             image: "img".into(),
             volume: "vol-s1".into(),
             ..Default::default()
+        })),
+    })
+}
+
+fn pull(id: u64, term: u64) -> Down {
+    Down::Command(Command {
+        command_id: id,
+        term,
+        op: Some(Op::Pull(Pull {
+            name: "s1".into(),
+            image: "img:v2".into(),
         })),
     })
 }
@@ -162,6 +174,17 @@ async fn scenario() {
     assert!(r.ok, "{r:?}");
     assert_eq!(fence.highest(), 6);
     assert_eq!(Fence::load(data.path()).unwrap().highest(), 6, "persisted");
+    let running_now = r.observed.unwrap();
+
+    // Pull is fenced like the others, and a fresh one touches nothing.
+    tx.send(down(pull(4, 5))).await.unwrap();
+    let r = next_result(&mut up, &mut heartbeats).await;
+    assert!(r.refused && !r.ok && r.command_id == 4, "{r:?}");
+    assert_eq!(r.error, "stale term 5 < highest 6");
+    tx.send(down(pull(5, 6))).await.unwrap();
+    let r = next_result(&mut up, &mut heartbeats).await;
+    assert!(r.ok && !r.refused && r.command_id == 5, "{r:?}");
+    assert_eq!(r.observed.as_ref(), Some(&running_now));
 
     // Heartbeats carry the inventory.
     let hb = loop {

@@ -117,21 +117,33 @@ impl Policy {
             match parse_memory(memory) {
                 Some(bytes) if bytes >= 4 << 20 => {}
                 Some(_) => return Err(invalid("resources.memory must be at least 4Mi")),
-                None => return Err(invalid(format!("resources.memory {memory:?} is not a size like 256Mi"))),
+                None => {
+                    return Err(invalid(format!(
+                        "resources.memory {memory:?} is not a size like 256Mi"
+                    )))
+                }
             }
         }
         if let Some(user) = &self.run_as_user {
             let ok = user.split(':').count() <= 2
-                && user.split(':').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                && user
+                    .split(':')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
             if !ok {
-                return Err(invalid(format!("runAsUser {user:?} must be uid or uid:gid (numbers)")));
+                return Err(invalid(format!(
+                    "runAsUser {user:?} must be uid or uid:gid (numbers)"
+                )));
             }
         }
         for key in self.env.keys() {
             let mut bytes = key.bytes();
-            let start = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+            let start = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
             if !start || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(invalid(format!("env name {key:?} is not a valid variable name")));
+                return Err(invalid(format!(
+                    "env name {key:?} is not a valid variable name"
+                )));
             }
         }
         if let Some(readiness) = &self.readiness {

@@ -11,12 +11,19 @@
 //! before its replacement is created). The image is seeded into the volume
 //! once: after the first start a `.berth-seeded` sentinel is written, and
 //! later containers mount the volume with `nocopy`.
+//!
+//! `Ensure.policy` is parsed before anything changes (a bad one is
+//! `Invalid`, nothing created) and applied to the new container (see
+//! [`super::container_policy`]). Any revision other than the container's,
+//! higher (update) or lower (rollback), replaces the container on the same
+//! volume. `pull` only makes the image local.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_proto::agent_v1::{Ensure, Observed, Remove};
+use berth_proto::policy::Policy;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, ResourcesUlimits,
@@ -33,6 +40,7 @@ use super::container_observed::{
     absent, check_uid, engine, engine_reason, is_running, label, observed_of, status,
 };
 pub use super::container_observed::{LABEL_REVISION, LABEL_SANDBOX, LABEL_UID, LABEL_VOLUME};
+use super::container_policy::{self, POLICY_SUBDIR};
 use super::{container_name, validate_name, Driver, DriverError, ExecStream, LogStream};
 
 /// Written into a volume once the image's `/sandbox` has been copied in.
@@ -46,16 +54,20 @@ const STOP_TIMEOUT_SECS: i32 = 10;
 pub struct ContainerDriver {
     pub(super) docker: Docker,
     ulimits: Vec<ResourcesUlimits>,
+    /// Where policy documents are written for bind-mounting.
+    policy_dir: PathBuf,
 }
 
 impl ContainerDriver {
     /// A driver over a connected engine client. Containers get explicit
     /// `nofile`/`nproc` limits: this process's, lowered to those of the
     /// engine process listening on `engine_socket` when it is visible.
-    pub fn new(docker: Docker, engine_socket: Option<&Path>) -> Self {
+    /// Policy documents go to `data_dir/policies`.
+    pub fn new(docker: Docker, engine_socket: Option<&Path>, data_dir: &Path) -> Self {
         Self {
             docker,
             ulimits: super::limits::container_ulimits(engine_socket),
+            policy_dir: data_dir.join(POLICY_SUBDIR),
         }
     }
 
@@ -65,7 +77,7 @@ impl ContainerDriver {
         data_dir: &Path,
     ) -> Result<Self, super::engine::EngineError> {
         let (docker, socket) = super::engine::discover(engine, data_dir).await?;
-        Ok(Self::new(docker, Some(&socket)))
+        Ok(Self::new(docker, Some(&socket), data_dir))
     }
 
     pub(super) async fn inspect(
@@ -219,9 +231,20 @@ impl ContainerDriver {
         }
     }
 
-    async fn create_and_start(&self, e: &Ensure, seeded: bool) -> Result<(), DriverError> {
-        let mut env: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.sort();
+    /// Write the revision's policy document, if any: its host path.
+    fn write_policy(&self, e: &Ensure) -> Result<Option<PathBuf>, DriverError> {
+        e.policy
+            .as_deref()
+            .map(|doc| container_policy::write(&self.policy_dir, e, doc))
+            .transpose()
+    }
+
+    async fn create_and_start(
+        &self,
+        e: &Ensure,
+        seeded: bool,
+        policy: Option<(&Policy, &Path)>,
+    ) -> Result<(), DriverError> {
         let labels = HashMap::from([
             (LABEL_SANDBOX.to_string(), e.name.clone()),
             (LABEL_UID.to_string(), e.uid.clone()),
@@ -229,9 +252,9 @@ impl ContainerDriver {
             (LABEL_VOLUME.to_string(), e.volume.clone()),
         ]);
         let nocopy = if seeded { ":nocopy" } else { "" };
-        let body = ContainerCreateBody {
+        let mut body = ContainerCreateBody {
             image: Some(e.image.clone()),
-            env: Some(env),
+            env: Some(container_policy::env(e, policy.map(|p| p.0))),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{}:{MOUNT_POINT}{nocopy}", e.volume)]),
@@ -240,6 +263,9 @@ impl ContainerDriver {
             }),
             ..Default::default()
         };
+        if let Some((policy, file)) = policy {
+            container_policy::apply(policy, file, &mut body);
+        }
         let cname = container_name(&e.name);
         let opts = CreateContainerOptionsBuilder::new().name(&cname).build();
         self.docker
@@ -263,6 +289,13 @@ impl ContainerDriver {
 impl Driver for ContainerDriver {
     fn kind(&self) -> &'static str {
         "container"
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), DriverError> {
+        if image.is_empty() {
+            return Err(DriverError::Invalid("image is empty".into()));
+        }
+        self.ensure_image(image).await
     }
 
     async fn inventory(&self) -> Result<Vec<Observed>, DriverError> {
@@ -313,6 +346,7 @@ impl Driver for ContainerDriver {
         if e.image.is_empty() {
             return Err(DriverError::Invalid("image is empty".into()));
         }
+        let policy = container_policy::parse(e)?;
         let existing = self.inspect(&e.name).await?;
         if let Some(c) = &existing {
             let same = label(c, LABEL_UID) == e.uid
@@ -321,6 +355,7 @@ impl Driver for ContainerDriver {
             if same {
                 if !is_running(c) {
                     tracing::info!(sandbox = %e.name, "starting existing container");
+                    self.write_policy(e)?; // its bind source, if the data dir lost it
                     self.start(&e.name, &e.volume).await?;
                 }
                 return self.observe(&e.name, &e.volume).await;
@@ -328,13 +363,16 @@ impl Driver for ContainerDriver {
         }
         // Fetch the new image while the old container (if any) still runs.
         self.ensure_image(&e.image).await?;
-        if existing.is_some() {
-            tracing::info!(sandbox = %e.name, revision = e.revision, "replacing container");
+        let policy_file = self.write_policy(e)?;
+        if let Some(c) = &existing {
+            let from = label(c, LABEL_REVISION);
+            tracing::info!(sandbox = %e.name, from_revision = %from, revision = e.revision, "replacing container");
             self.stop_container(&e.name).await?;
             self.remove_container(&e.name).await?;
         }
         let seeded = self.ensure_volume(e).await?;
-        self.create_and_start(e, seeded).await?;
+        let applied = policy.as_ref().zip(policy_file.as_deref());
+        self.create_and_start(e, seeded, applied).await?;
         tracing::info!(sandbox = %e.name, revision = e.revision, image = %e.image, "container started");
         self.observe(&e.name, &e.volume).await
     }
@@ -358,6 +396,7 @@ impl Driver for ContainerDriver {
             }
             self.remove_container(&r.name).await?;
         }
+        container_policy::prune(&self.policy_dir, &r.name);
         if !r.keep_volume && !volume.is_empty() {
             if let Some((_, labels)) = self.volume(&volume).await? {
                 if labels.get(LABEL_SANDBOX) != Some(&r.name) {

@@ -1,7 +1,10 @@
 //! In-memory driver: sandboxes are map entries. For fast tests and
 //! benchmarks of the control plane; same idempotent semantics as the
 //! container driver (a volume outlives its container and is only dropped by
-//! `remove` without `keep_volume`).
+//! `remove` without `keep_volume`). Images are imaginary: every image is
+//! present except those whose name contains [`MISSING_IMAGE_MARKER`], so
+//! control-plane tests can simulate a failed pull (in `pull` and `ensure`).
+//! Policies are validated (a bad one is `Invalid`) but have no effect.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
@@ -11,6 +14,20 @@ use berth_proto::agent_v1::{
 };
 
 use super::{Driver, DriverError, ExecStream, LogStream};
+
+/// An image whose name contains this cannot be pulled by the memory driver.
+pub const MISSING_IMAGE_MARKER: &str = "does-not-exist";
+
+/// `ImageNotFound` for simulated missing images.
+fn check_image(image: &str) -> Result<(), DriverError> {
+    if image.contains(MISSING_IMAGE_MARKER) {
+        return Err(DriverError::ImageNotFound {
+            image: image.to_string(),
+            reason: "manifest unknown (simulated by the memory driver)".to_string(),
+        });
+    }
+    Ok(())
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -81,6 +98,13 @@ impl Driver for MemoryDriver {
         "memory"
     }
 
+    async fn pull(&self, image: &str) -> Result<(), DriverError> {
+        if image.is_empty() {
+            return Err(DriverError::Invalid("image is empty".into()));
+        }
+        check_image(image)
+    }
+
     async fn inventory(&self) -> Result<Vec<Observed>, DriverError> {
         let st = self.lock();
         let mut out: Vec<Observed> = st
@@ -102,15 +126,19 @@ impl Driver for MemoryDriver {
     async fn ensure(&self, e: &Ensure) -> Result<Observed, DriverError> {
         super::validate_name("sandbox", &e.name)?;
         super::validate_name("volume", &e.volume)?;
+        super::container_policy::parse(e)?; // a bad policy changes nothing
         let mut st = self.lock();
-        let n = st.tick();
-        st.volumes
-            .entry(e.volume.clone())
-            .or_insert_with(|| (e.name.clone(), e.uid.clone()));
         let same = st
             .sandboxes
             .get(&e.name)
             .is_some_and(|o| o.uid == e.uid && o.revision == e.revision && o.volume == e.volume);
+        if !same {
+            check_image(&e.image)?; // a new container needs the image
+        }
+        let n = st.tick();
+        st.volumes
+            .entry(e.volume.clone())
+            .or_insert_with(|| (e.name.clone(), e.uid.clone()));
         let entry = st.sandboxes.entry(e.name.clone()).or_default();
         if !same {
             *entry = Observed {
@@ -243,5 +271,29 @@ mod tests {
         };
         assert!(!d.remove(&rm).await.unwrap().volume_present);
         assert!(d.inventory().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_images_and_bad_policies_change_nothing() {
+        let d = MemoryDriver::new();
+        d.pull("img").await.unwrap();
+        let missing = d.pull("localhost/does-not-exist:v2").await.unwrap_err();
+        assert!(
+            matches!(missing, DriverError::ImageNotFound { .. }),
+            "{missing}"
+        );
+        let first = d.ensure(&ensure(1)).await.unwrap();
+        let mut bad = Ensure {
+            image: "localhost/does-not-exist:v2".into(),
+            ..ensure(2)
+        };
+        assert!(matches!(
+            d.ensure(&bad).await,
+            Err(DriverError::ImageNotFound { .. })
+        ));
+        bad.image = "img".into();
+        bad.policy = Some("network: bridge\n".into());
+        assert!(matches!(d.ensure(&bad).await, Err(DriverError::Invalid(_))));
+        assert_eq!(d.inventory().await.unwrap(), vec![first]);
     }
 }

@@ -5,7 +5,8 @@
 //! benchmarks) implement it, and a kube driver will. Every operation is
 //! idempotent (a new leader may repeat the last command, invariant 2), and
 //! no operation but `remove` without `keep_volume` ever deletes a volume
-//! (invariant 4).
+//! (invariant 4). `pull` only fetches an image: the first step of an update,
+//! taken while the old container keeps running.
 
 use std::pin::Pin;
 
@@ -15,6 +16,7 @@ use futures::Stream;
 pub mod container_driver;
 mod container_exec;
 mod container_observed;
+mod container_policy;
 pub mod engine;
 mod limits;
 pub mod memory_driver;
@@ -34,7 +36,11 @@ pub trait Driver: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Everything berth runs on this node, rebuilt from engine state.
     async fn inventory(&self) -> Result<Vec<Observed>, DriverError>;
-    /// Make the sandbox run this revision with this volume (idempotent).
+    /// Make sure `image` is present on this node, pulling it (bounded) if
+    /// missing; never touches a container or volume (idempotent).
+    async fn pull(&self, image: &str) -> Result<(), DriverError>;
+    /// Make the sandbox run this revision with this volume (idempotent),
+    /// applying `Ensure.policy` when set.
     async fn ensure(&self, e: &Ensure) -> Result<Observed, DriverError>;
     /// Stop the sandbox; keep its container and volume.
     async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError>;
@@ -69,6 +75,12 @@ pub enum DriverError {
     Exec(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{op} failed: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("engine {op} failed: {source}")]
     Engine {
         op: &'static str,
@@ -88,7 +100,9 @@ impl From<DriverError> for tonic::Status {
             | DriverError::NotRunning { .. }
             | DriverError::UidMismatch { .. }
             | DriverError::ForeignVolume { .. } => tonic::Status::failed_precondition(msg),
-            DriverError::Engine { .. } | DriverError::Exec(_) => tonic::Status::internal(msg),
+            DriverError::Engine { .. } | DriverError::Exec(_) | DriverError::Io { .. } => {
+                tonic::Status::internal(msg)
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Conversions between replicated records and `berth.v1` messages.
 
 use berth_proto::v1;
+use berth_raft::model::update::UpdatePhase;
+use berth_raft::model::{Operation, Revision};
 use berth_raft::{Desired, Phase, SandboxRecord, SandboxSpec};
 
 pub fn phase_to_proto(phase: Phase) -> v1::Phase {
@@ -47,5 +49,51 @@ pub fn sandbox_to_proto(record: &SandboxRecord) -> v1::Sandbox {
             Desired::Stopped => v1::DesiredState::Stopped,
             Desired::Deleted { .. } => v1::DesiredState::Deleted,
         } as i32,
+        stable_revision: record.stable_revision,
+        operation: record
+            .operation
+            .as_ref()
+            .map(|op| operation_to_proto(&record.name, op)),
+    }
+}
+
+pub fn operation_phase_to_proto(phase: UpdatePhase) -> v1::OperationPhase {
+    match phase {
+        UpdatePhase::Pending => v1::OperationPhase::Pending,
+        UpdatePhase::Pulling => v1::OperationPhase::Pulling,
+        UpdatePhase::StoppingOld => v1::OperationPhase::StoppingOld,
+        UpdatePhase::StartingNew => v1::OperationPhase::StartingNew,
+        UpdatePhase::Verifying => v1::OperationPhase::Verifying,
+        UpdatePhase::Succeeded => v1::OperationPhase::Succeeded,
+        UpdatePhase::Aborted => v1::OperationPhase::Aborted,
+        UpdatePhase::RollingBack => v1::OperationPhase::RollingBack,
+        UpdatePhase::RolledBack => v1::OperationPhase::RolledBack,
+        UpdatePhase::Failed => v1::OperationPhase::Failed,
+    }
+}
+
+pub fn operation_to_proto(sandbox: &str, op: &Operation) -> v1::Operation {
+    v1::Operation {
+        id: op.id.clone(),
+        kind: op.kind.as_str().to_string(),
+        sandbox: sandbox.to_string(),
+        from_revision: op.from_revision,
+        to_revision: op.to_revision,
+        phase: operation_phase_to_proto(op.phase) as i32,
+        attempts: op.attempts,
+        started_at_unix_ms: op.started_at_ms,
+        updated_at_unix_ms: op.updated_at_ms,
+        reason: op.reason.clone(),
+        terminal: op.phase.is_terminal(),
+    }
+}
+
+pub fn revision_to_proto(rev: &Revision, current: u64) -> v1::Revision {
+    v1::Revision {
+        number: rev.number,
+        spec: Some(spec_to_proto(&rev.spec)),
+        created_at_unix_ms: rev.created_at_ms,
+        stable: rev.stable,
+        current: rev.number == current,
     }
 }

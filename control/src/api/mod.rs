@@ -6,6 +6,7 @@ mod agent_session;
 mod cluster;
 mod convert;
 mod data_plane;
+mod operations;
 mod sandbox;
 
 pub use agent_session::AgentSessions;

@@ -1,4 +1,5 @@
-//! `berth.v1.SandboxService`: create, get, list and delete sandbox records.
+//! `berth.v1.SandboxService`: sandbox lifecycle, data-plane streams, and
+//! updates and rollbacks (delegated to `operations.rs`).
 
 use std::sync::Arc;
 
@@ -9,11 +10,16 @@ use berth_proto::v1::{
     ReadConsistency, Sandbox, SandboxLogChunk, SandboxLogsRequest, StartSandboxRequest,
     StopSandboxRequest, WatchSandboxRequest,
 };
+use berth_proto::v1::{
+    GetOperationRequest, ListRevisionsRequest, ListRevisionsResponse, Operation,
+    RollbackSandboxRequest, UpdateSandboxRequest,
+};
 use berth_raft::{Command, CommandResponse, Desired, NodeError, RaftNode};
 use tonic::{Request, Response, Status};
 
 use super::convert::{sandbox_to_proto, spec_from_proto};
 use super::data_plane::{self, BoxStream};
+use super::operations;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::validate::{validate_env, validate_image, validate_name, validate_policy};
@@ -214,6 +220,44 @@ impl SandboxService for SandboxApi {
         validate_name(&name)?;
         Ok(Response::new(
             data_plane::watch(self.node.clone(), name).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn update_sandbox(
+        &self,
+        request: Request<UpdateSandboxRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let op = operations::update(&self.node, request.into_inner()).await?;
+        tracing::info!(operation = %op.id, to = op.to_revision, "update started");
+        Ok(Response::new(op))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn rollback_sandbox(
+        &self,
+        request: Request<RollbackSandboxRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let op = operations::rollback(&self.node, request.into_inner()).await?;
+        tracing::info!(operation = %op.id, to = op.to_revision, "rollback requested");
+        Ok(Response::new(op))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        Ok(Response::new(
+            operations::get_operation(&self.node, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_revisions(
+        &self,
+        request: Request<ListRevisionsRequest>,
+    ) -> Result<Response<ListRevisionsResponse>, Status> {
+        Ok(Response::new(
+            operations::list_revisions(&self.node, request.into_inner()).await?,
         ))
     }
 }

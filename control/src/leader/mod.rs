@@ -14,9 +14,11 @@
 
 pub mod directory;
 pub mod node_actor;
+mod probe;
 pub mod reconcile;
 pub mod sandbox_actor;
 pub mod supervisor;
+pub mod update_step;
 mod watcher;
 
 use std::sync::Arc;

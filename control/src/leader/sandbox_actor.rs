@@ -11,15 +11,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::agent_v1::{command, CommandResult, Ensure, Remove, Stop};
-use berth_raft::{Command, SandboxRecord};
+use berth_proto::agent_v1::{command, CommandResult, Ensure, Pull, Remove, Stop};
+use berth_proto::policy::Policy;
+use berth_raft::model::update::UpdatePhase;
+use berth_raft::model::Operation;
+use berth_raft::{Command, Desired, SandboxRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
 use super::directory::Link;
 use super::node_actor::NodeMsg;
 use super::reconcile::{decide, Action, AgentOp, Inputs, NodeLink};
+use super::update_step::{self, Observations, Progress};
 use super::LeaderCtx;
+use crate::clock::now_ms;
 
 const TICK: Duration = Duration::from_secs(1);
 /// A command unanswered this long is considered lost.
@@ -41,11 +46,20 @@ pub struct SandboxArgs {
     pub uid: String,
 }
 
+/// The kind of command in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inflight {
+    Container,
+    Pull,
+}
+
 pub struct SandboxState {
     ctx: Arc<LeaderCtx>,
     name: String,
     uid: String,
-    inflight: Option<(u64, Instant)>,
+    inflight: Option<(Inflight, Instant)>,
+    /// What the current update or rollback has shown so far.
+    progress: Progress,
     failures: u32,
     next_attempt: Instant,
     last_error: Option<String>,
@@ -126,6 +140,20 @@ impl SandboxState {
             Some(node) => self.ctx.directory.link(node, &record.name),
             None => Link::Disconnected,
         };
+        if let Some(op) = record.active_operation().cloned() {
+            if self.step_operation(myself, &record, &op, &link).await? {
+                return Ok(true);
+            }
+        }
+        // While the old revision is being stopped, the container's desired
+        // state is Stopped; everything else follows the record.
+        let mut record = record;
+        if record
+            .active_operation()
+            .is_some_and(|op| op.phase == UpdatePhase::StoppingOld)
+        {
+            record.desired = Desired::Stopped;
+        }
         let node_ready = record.node.as_deref().is_some_and(|n| {
             let state = self.ctx.node.state().read();
             state.table.node(n).is_some_and(|r| r.ready)
@@ -198,7 +226,7 @@ impl SandboxState {
                     op: op_for(op, &record),
                     reply_to: myself.clone(),
                 })?;
-                self.inflight = Some((0, Instant::now()));
+                self.inflight = Some((Inflight::Container, Instant::now()));
             }
             Action::Forget => {
                 tracing::info!(sandbox = %record.name, "sandbox removed from its node; forgetting it");
@@ -215,8 +243,100 @@ impl SandboxState {
         Ok(true)
     }
 
+    /// Moves the record's active operation on, if what is observed now
+    /// implies a phase change; sends the Pull of the Pulling phase. Returns
+    /// true when it acted (the next reconcile sees the new state).
+    async fn step_operation(
+        &mut self,
+        myself: &ActorRef<SandboxMsg>,
+        record: &SandboxRecord,
+        op: &Operation,
+        link: &Link,
+    ) -> Result<bool, ActorProcessingErr> {
+        if self.progress.op_id != op.id {
+            self.progress = Progress {
+                op_id: op.id.clone(),
+                ..Progress::default()
+            };
+        }
+        let (observed, node_known) = match link {
+            Link::Connected(o) => (o.clone(), true),
+            Link::Disconnected => (None, false),
+        };
+        let readiness = record
+            .revision(op.to_revision)
+            .and_then(|r| r.spec.policy.as_deref())
+            .and_then(|p| Policy::parse(p).ok())
+            .and_then(|p| p.readiness)
+            .map(|r| r.command);
+        let now = now_ms();
+        let elapsed = u64::try_from(now - op.phase_started_at_ms).unwrap_or(0);
+        if op.phase == UpdatePhase::Verifying && elapsed >= op.policy.min_healthy_ms {
+            if let (Some(command), Some(addr)) = (readiness.clone(), self.data_addr(record)) {
+                self.progress.probe = Some(super::probe::run(&addr, &record.name, command).await);
+            }
+        }
+        let event = update_step::observe(&Observations {
+            record,
+            op,
+            observed: observed.as_ref(),
+            node_known,
+            progress: &self.progress,
+            readiness_required: readiness.is_some(),
+            now_ms: now,
+        });
+        if let Some(command) = event.and_then(|e| update_step::commit(record, op, &e, now)) {
+            if let Command::AdvanceOperation { to, reason, .. } = &command {
+                tracing::info!(sandbox = %record.name, operation = %op.id, from = op.phase.as_str(), to = to.as_str(), %reason, "operation phase");
+            }
+            self.ctx.node.write(command).await?;
+            self.progress.command_error = None;
+            self.last_error = None;
+            self.failures = 0;
+            self.next_attempt = Instant::now();
+            let _ = myself.send_message(SandboxMsg::Nudge);
+            return Ok(true);
+        }
+        if op.phase == UpdatePhase::Pulling
+            && self.inflight.is_none()
+            && self.progress.pull.is_none()
+        {
+            let (Some(node), Some(rev)) = (record.node.as_deref(), record.revision(op.to_revision))
+            else {
+                return Ok(true);
+            };
+            let Some(node_actor) = self.ctx.directory.actor(node) else {
+                return Ok(true);
+            };
+            node_actor.send_message(NodeMsg::Send {
+                op: command::Op::Pull(Pull {
+                    name: record.name.clone(),
+                    image: rev.spec.image.clone(),
+                }),
+                reply_to: myself.clone(),
+            })?;
+            self.inflight = Some((Inflight::Pull, Instant::now()));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The data-plane address of the sandbox's node.
+    fn data_addr(&self, record: &SandboxRecord) -> Option<String> {
+        let node = record.node.as_deref()?;
+        let state = self.ctx.node.state().read();
+        state.table.node(node).map(|n| n.data_addr.clone())
+    }
+
     fn on_result(&mut self, result: CommandResult) {
-        self.inflight = None;
+        let kind = self.inflight.take().map(|(k, _)| k);
+        if kind == Some(Inflight::Pull) {
+            self.progress.pull = Some(if result.ok { Ok(()) } else { Err(result.error) });
+            return;
+        }
+        if !result.ok && !result.refused && !self.progress.op_id.is_empty() {
+            self.progress.command_error = Some(result.error.clone());
+        }
         if result.ok {
             self.last_error = None;
             let running = result
@@ -256,6 +376,7 @@ impl Actor for SandboxActor {
             name: args.name,
             uid: args.uid,
             inflight: None,
+            progress: Progress::default(),
             failures: 0,
             next_attempt: Instant::now(),
             last_error: None,

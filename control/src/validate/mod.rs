@@ -9,8 +9,6 @@ pub use image_ref::validate_image;
 
 use crate::error::ApiError;
 
-/// Largest accepted policy document.
-pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 const MAX_ENV_VARS: usize = 256;
 
 /// A sandbox name must be a DNS-1123 label: at most 63 characters of
@@ -40,22 +38,12 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A policy document must be at most 64 KiB of valid YAML holding a mapping.
+/// A policy document must follow the documented schema
+/// (`berth_proto::policy`), at most 64 KiB.
 pub fn validate_policy(policy: &str) -> Result<(), ApiError> {
-    if policy.len() > MAX_POLICY_BYTES {
-        return Err(ApiError::Invalid(format!(
-            "policy document is {} bytes; the limit is {MAX_POLICY_BYTES} bytes (64 KiB)",
-            policy.len()
-        )));
-    }
-    let value: serde_yaml::Value = serde_yaml::from_str(policy)
-        .map_err(|e| ApiError::Invalid(format!("policy document is not valid YAML: {e}")))?;
-    match value {
-        serde_yaml::Value::Mapping(_) => Ok(()),
-        _ => Err(ApiError::Invalid(
-            "policy document must be a YAML mapping of settings".to_string(),
-        )),
-    }
+    berth_proto::policy::Policy::parse(policy)
+        .map(|_| ())
+        .map_err(|e| ApiError::Invalid(e.to_string()))
 }
 
 /// Environment variable names are POSIX names; values must not hold NUL.
@@ -87,6 +75,7 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_proto::policy::MAX_POLICY_BYTES;
 
     #[test]
     fn names() {
@@ -104,6 +93,7 @@ mod tests {
         assert!(validate_policy("{}").is_ok());
         assert!(validate_policy("network: [unclosed").is_err());
         assert!(validate_policy("- a list\n").is_err());
+        assert!(validate_policy("netwrok: none\n").is_err());
         let big = format!("k: \"{}\"\n", "x".repeat(MAX_POLICY_BYTES));
         assert!(validate_policy(&big).is_err());
     }

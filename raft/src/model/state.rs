@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 
 use super::command::RejectionKind::{AlreadyExists, FailedPrecondition, NotFound};
-use super::{volume_name, Command, CommandResponse, Desired, NodeRecord, Phase, Revision, SandboxRecord};
+use super::{
+    volume_name, Command, CommandResponse, Desired, NodeRecord, Phase, Revision, SandboxRecord,
+};
 
 /// Message of a sandbox that no node agent can take.
 pub const NO_NODE_MESSAGE: &str = "no node available";
@@ -240,9 +242,9 @@ impl State {
                     vec![Change::DeleteSandbox(name.clone())],
                 )
             }
-            Command::UpdateSandbox { .. } | Command::RollbackSandbox { .. } | Command::AdvanceOperation { .. } => {
-                self.decide_operation(command)
-            }
+            Command::UpdateSandbox { .. }
+            | Command::RollbackSandbox { .. }
+            | Command::AdvanceOperation { .. } => self.decide_operation(command),
             Command::RegisterNode {
                 name,
                 driver,

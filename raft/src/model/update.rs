@@ -55,7 +55,10 @@ impl UpdatePhase {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            UpdatePhase::Succeeded | UpdatePhase::Aborted | UpdatePhase::RolledBack | UpdatePhase::Failed
+            UpdatePhase::Succeeded
+                | UpdatePhase::Aborted
+                | UpdatePhase::RolledBack
+                | UpdatePhase::Failed
         )
     }
 
@@ -132,7 +135,11 @@ pub enum Effect {
 
 /// The next phase and the effects of `event` in `phase`, with a reason for
 /// failures. Pure: the same inputs always give the same outputs.
-pub fn transition(phase: UpdatePhase, event: &Event, policy: &UpdatePolicy) -> (UpdatePhase, Vec<Effect>) {
+pub fn transition(
+    phase: UpdatePhase,
+    event: &Event,
+    policy: &UpdatePolicy,
+) -> (UpdatePhase, Vec<Effect>) {
     use Event as E;
     use UpdatePhase as P;
     let fail_forward = || {
@@ -154,7 +161,9 @@ pub fn transition(phase: UpdatePhase, event: &Event, policy: &UpdatePolicy) -> (
         (P::StartingNew, E::StartFailed(_) | E::Deadline) => fail_forward(),
         (P::Verifying, E::Healthy) => (P::Succeeded, vec![Effect::MarkStable]),
         (P::Verifying, E::Unhealthy(_) | E::Deadline) => fail_forward(),
-        (P::StoppingOld | P::StartingNew | P::Verifying, E::Abort) => (P::RollingBack, vec![Effect::RunOld]),
+        (P::StoppingOld | P::StartingNew | P::Verifying, E::Abort) => {
+            (P::RollingBack, vec![Effect::RunOld])
+        }
         (P::RollingBack, E::RolledBack) => (P::RolledBack, vec![]),
         (P::RollingBack, E::RollbackFailed(_)) => (P::Failed, vec![]),
         // Anything else does not apply in this phase.

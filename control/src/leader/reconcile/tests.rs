@@ -20,6 +20,9 @@ fn record(node: Option<&str>, desired: Desired) -> SandboxRecord {
         node: node.map(String::from),
         container_id: String::new(),
         volume: "berth-s-u1".into(),
+        revisions: vec![],
+        stable_revision: 0,
+        operation: None,
     }
 }
 

@@ -12,7 +12,10 @@ use crate::model::update::{transition, Effect, Event, UpdatePhase};
 use crate::model::{Command, CommandResponse, Desired, Operation, OperationKind, Revision};
 
 fn refuse(message: String) -> Applied {
-    (CommandResponse::rejected(FailedPrecondition, message), vec![])
+    (
+        CommandResponse::rejected(FailedPrecondition, message),
+        vec![],
+    )
 }
 
 impl State {
@@ -175,9 +178,17 @@ impl State {
                 match current {
                     Some(op) if op.phase == *from => {}
                     Some(op) => {
-                        return refuse(format!("stale phase change: {} (expected {})", op.describe(), from.as_str()))
+                        return refuse(format!(
+                            "stale phase change: {} (expected {})",
+                            op.describe(),
+                            from.as_str()
+                        ))
                     }
-                    None => return refuse(format!("operation {operation_id} is not the sandbox's operation")),
+                    None => {
+                        return refuse(format!(
+                            "operation {operation_id} is not the sandbox's operation"
+                        ))
+                    }
                 }
                 let mut record = record.clone();
                 if let Some(op) = record.operation.as_mut() {
@@ -197,7 +208,10 @@ impl State {
                 }
                 put(record)
             }
-            _ => (CommandResponse::rejected(FailedPrecondition, "not an operation command"), vec![]),
+            _ => (
+                CommandResponse::rejected(FailedPrecondition, "not an operation command"),
+                vec![],
+            ),
         }
     }
 }

@@ -229,7 +229,14 @@ mod operations {
         }
     }
 
-    fn advance(name: &str, op: &str, from: UpdatePhase, to: UpdatePhase, switch_to: Option<u64>, stable: Option<u64>) -> Command {
+    fn advance(
+        name: &str,
+        op: &str,
+        from: UpdatePhase,
+        to: UpdatePhase,
+        switch_to: Option<u64>,
+        stable: Option<u64>,
+    ) -> Command {
         Command::AdvanceOperation {
             name: name.into(),
             uid: format!("uid-{name}"),
@@ -267,9 +274,16 @@ mod operations {
         let mut state = State::default();
         placed_running(&mut state, "a");
         let before = state.clone();
-        for bad in [update("a", "busybox:1", None), update("a", "busybox:2", Some(7))] {
+        for bad in [
+            update("a", "busybox:1", None),
+            update("a", "busybox:2", Some(7)),
+        ] {
             let (resp, changes) = state.apply(&bad);
-            assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition), "{bad:?}");
+            assert_eq!(
+                rejected(&resp),
+                Some(RejectionKind::FailedPrecondition),
+                "{bad:?}"
+            );
             assert!(changes.is_empty());
         }
         assert_eq!(state, before);
@@ -277,12 +291,24 @@ mod operations {
         assert!(rejected(&resp).is_none(), "{resp:?}");
         let r = state.get("a").unwrap().clone();
         assert_eq!(r.revisions.len(), 2);
-        assert_eq!(r.revision, 1, "the current revision changes only when the new one starts");
+        assert_eq!(
+            r.revision, 1,
+            "the current revision changes only when the new one starts"
+        );
         let op = r.operation.clone().unwrap();
-        assert_eq!((op.kind, op.from_revision, op.to_revision, op.phase), (OperationKind::Update, 1, 2, UpdatePhase::Pending));
+        assert_eq!(
+            (op.kind, op.from_revision, op.to_revision, op.phase),
+            (OperationKind::Update, 1, 2, UpdatePhase::Pending)
+        );
         let (resp, _) = state.apply(&update("a", "busybox:3", None));
-        let CommandResponse::Rejected { rejection } = resp else { panic!() };
-        assert!(rejection.message.contains("op-busybox:2"), "{}", rejection.message);
+        let CommandResponse::Rejected { rejection } = resp else {
+            panic!()
+        };
+        assert!(
+            rejection.message.contains("op-busybox:2"),
+            "{}",
+            rejection.message
+        );
     }
 
     #[test]
@@ -291,16 +317,62 @@ mod operations {
         placed_running(&mut state, "a");
         state.apply(&update("a", "busybox:2", None));
         let op = "op-busybox:2";
-        state.apply(&advance("a", op, UpdatePhase::Pending, UpdatePhase::Pulling, None, None));
-        let (resp, _) = state.apply(&advance("a", op, UpdatePhase::Pending, UpdatePhase::Pulling, None, None));
-        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition), "stale from-phase must be refused");
-        state.apply(&advance("a", op, UpdatePhase::Pulling, UpdatePhase::StoppingOld, None, None));
-        state.apply(&advance("a", op, UpdatePhase::StoppingOld, UpdatePhase::StartingNew, Some(2), None));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::Pending,
+            UpdatePhase::Pulling,
+            None,
+            None,
+        ));
+        let (resp, _) = state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::Pending,
+            UpdatePhase::Pulling,
+            None,
+            None,
+        ));
+        assert_eq!(
+            rejected(&resp),
+            Some(RejectionKind::FailedPrecondition),
+            "stale from-phase must be refused"
+        );
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::Pulling,
+            UpdatePhase::StoppingOld,
+            None,
+            None,
+        ));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::StoppingOld,
+            UpdatePhase::StartingNew,
+            Some(2),
+            None,
+        ));
         let r = state.get("a").unwrap();
         assert_eq!((r.revision, r.spec.image.as_str()), (2, "busybox:2"));
         let volume = r.volume.clone();
-        state.apply(&advance("a", op, UpdatePhase::StartingNew, UpdatePhase::Verifying, None, None));
-        state.apply(&advance("a", op, UpdatePhase::Verifying, UpdatePhase::Succeeded, None, Some(2)));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::StartingNew,
+            UpdatePhase::Verifying,
+            None,
+            None,
+        ));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::Verifying,
+            UpdatePhase::Succeeded,
+            None,
+            Some(2),
+        ));
         let r = state.get("a").unwrap();
         assert_eq!((r.stable_revision, r.volume.clone()), (2, volume));
         assert!(r.active_operation().is_none());
@@ -312,36 +384,95 @@ mod operations {
         placed_running(&mut state, "a");
         state.apply(&update("a", "busybox:2", None));
         let op = "op-busybox:2";
-        state.apply(&advance("a", op, UpdatePhase::Pending, UpdatePhase::Pulling, None, None));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::Pending,
+            UpdatePhase::Pulling,
+            None,
+            None,
+        ));
         // Before the old container is stopped: aborted, nothing switched.
         state.apply(&rollback("a", None));
         let r = state.get("a").unwrap().clone();
-        assert_eq!(r.operation.as_ref().map(|o| o.phase), Some(UpdatePhase::Aborted));
+        assert_eq!(
+            r.operation.as_ref().map(|o| o.phase),
+            Some(UpdatePhase::Aborted)
+        );
         assert_eq!(r.revision, 1);
 
         state.apply(&update("a", "busybox:3", None));
         let op = "op-busybox:3";
-        state.apply(&advance("a", op, UpdatePhase::Pending, UpdatePhase::Pulling, None, None));
-        state.apply(&advance("a", op, UpdatePhase::Pulling, UpdatePhase::StoppingOld, None, None));
-        state.apply(&advance("a", op, UpdatePhase::StoppingOld, UpdatePhase::StartingNew, Some(3), None));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::Pending,
+            UpdatePhase::Pulling,
+            None,
+            None,
+        ));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::Pulling,
+            UpdatePhase::StoppingOld,
+            None,
+            None,
+        ));
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::StoppingOld,
+            UpdatePhase::StartingNew,
+            Some(3),
+            None,
+        ));
         let (resp, _) = state.apply(&rollback("a", Some(2)));
-        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition), "only back to the update's origin");
+        assert_eq!(
+            rejected(&resp),
+            Some(RejectionKind::FailedPrecondition),
+            "only back to the update's origin"
+        );
         state.apply(&rollback("a", None));
         let r = state.get("a").unwrap().clone();
-        assert_eq!(r.operation.as_ref().map(|o| o.phase), Some(UpdatePhase::RollingBack));
-        assert_eq!(r.revision, 1, "rolling back switches to the previous revision");
+        assert_eq!(
+            r.operation.as_ref().map(|o| o.phase),
+            Some(UpdatePhase::RollingBack)
+        );
+        assert_eq!(
+            r.revision, 1,
+            "rolling back switches to the previous revision"
+        );
 
         // No operation: back to the last stable revision other than the current.
         let (resp, _) = state.apply(&rollback("a", None));
-        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition), "{resp:?}");
-        state.apply(&advance("a", op, UpdatePhase::RollingBack, UpdatePhase::RolledBack, None, None));
+        assert_eq!(
+            rejected(&resp),
+            Some(RejectionKind::FailedPrecondition),
+            "{resp:?}"
+        );
+        state.apply(&advance(
+            "a",
+            op,
+            UpdatePhase::RollingBack,
+            UpdatePhase::RolledBack,
+            None,
+            None,
+        ));
         let (resp, _) = state.apply(&rollback("a", None));
-        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition), "revision 1 is the only stable one");
+        assert_eq!(
+            rejected(&resp),
+            Some(RejectionKind::FailedPrecondition),
+            "revision 1 is the only stable one"
+        );
         let (resp, _) = state.apply(&rollback("a", Some(9)));
         assert_eq!(rejected(&resp), Some(RejectionKind::NotFound));
         let (resp, _) = state.apply(&rollback("a", Some(3)));
         assert!(rejected(&resp).is_none(), "{resp:?}");
         let op = state.get("a").unwrap().operation.clone().unwrap();
-        assert_eq!((op.kind, op.from_revision, op.to_revision), (OperationKind::Rollback, 1, 3));
+        assert_eq!(
+            (op.kind, op.from_revision, op.to_revision),
+            (OperationKind::Rollback, 1, 3)
+        );
     }
 }

@@ -19,31 +19,119 @@ fn manual() -> UpdatePolicy {
 fn transition_table() {
     let why = || "why".to_string();
     let cases: Vec<(P, E, UpdatePolicy, P, Vec<Effect>)> = vec![
-        (P::Pending, E::Begin, auto(), P::Pulling, vec![Effect::PullNew]),
-        (P::Pulling, E::Pulled, auto(), P::StoppingOld, vec![Effect::StopOld]),
+        (
+            P::Pending,
+            E::Begin,
+            auto(),
+            P::Pulling,
+            vec![Effect::PullNew],
+        ),
+        (
+            P::Pulling,
+            E::Pulled,
+            auto(),
+            P::StoppingOld,
+            vec![Effect::StopOld],
+        ),
         (P::Pulling, E::PullFailed(why()), auto(), P::Aborted, vec![]),
         (P::Pulling, E::Abort, auto(), P::Aborted, vec![]),
         (P::Pending, E::Abort, auto(), P::Aborted, vec![]),
-        (P::StoppingOld, E::OldStopped, auto(), P::StartingNew, vec![Effect::RunNew]),
-        (P::StoppingOld, E::StopFailed(why()), auto(), P::RollingBack, vec![Effect::RunOld]),
+        (
+            P::StoppingOld,
+            E::OldStopped,
+            auto(),
+            P::StartingNew,
+            vec![Effect::RunNew],
+        ),
+        (
+            P::StoppingOld,
+            E::StopFailed(why()),
+            auto(),
+            P::RollingBack,
+            vec![Effect::RunOld],
+        ),
         (P::StartingNew, E::Started, auto(), P::Verifying, vec![]),
-        (P::StartingNew, E::StartFailed(why()), auto(), P::RollingBack, vec![Effect::RunOld]),
-        (P::StartingNew, E::StartFailed(why()), manual(), P::Failed, vec![]),
-        (P::StartingNew, E::Deadline, auto(), P::RollingBack, vec![Effect::RunOld]),
-        (P::Verifying, E::Healthy, auto(), P::Succeeded, vec![Effect::MarkStable]),
-        (P::Verifying, E::Unhealthy(why()), auto(), P::RollingBack, vec![Effect::RunOld]),
-        (P::Verifying, E::Unhealthy(why()), manual(), P::Failed, vec![]),
-        (P::Verifying, E::Deadline, auto(), P::RollingBack, vec![Effect::RunOld]),
-        (P::Verifying, E::Abort, manual(), P::RollingBack, vec![Effect::RunOld]),
-        (P::StoppingOld, E::Abort, auto(), P::RollingBack, vec![Effect::RunOld]),
+        (
+            P::StartingNew,
+            E::StartFailed(why()),
+            auto(),
+            P::RollingBack,
+            vec![Effect::RunOld],
+        ),
+        (
+            P::StartingNew,
+            E::StartFailed(why()),
+            manual(),
+            P::Failed,
+            vec![],
+        ),
+        (
+            P::StartingNew,
+            E::Deadline,
+            auto(),
+            P::RollingBack,
+            vec![Effect::RunOld],
+        ),
+        (
+            P::Verifying,
+            E::Healthy,
+            auto(),
+            P::Succeeded,
+            vec![Effect::MarkStable],
+        ),
+        (
+            P::Verifying,
+            E::Unhealthy(why()),
+            auto(),
+            P::RollingBack,
+            vec![Effect::RunOld],
+        ),
+        (
+            P::Verifying,
+            E::Unhealthy(why()),
+            manual(),
+            P::Failed,
+            vec![],
+        ),
+        (
+            P::Verifying,
+            E::Deadline,
+            auto(),
+            P::RollingBack,
+            vec![Effect::RunOld],
+        ),
+        (
+            P::Verifying,
+            E::Abort,
+            manual(),
+            P::RollingBack,
+            vec![Effect::RunOld],
+        ),
+        (
+            P::StoppingOld,
+            E::Abort,
+            auto(),
+            P::RollingBack,
+            vec![Effect::RunOld],
+        ),
         (P::RollingBack, E::RolledBack, auto(), P::RolledBack, vec![]),
-        (P::RollingBack, E::RollbackFailed(why()), auto(), P::Failed, vec![]),
+        (
+            P::RollingBack,
+            E::RollbackFailed(why()),
+            auto(),
+            P::Failed,
+            vec![],
+        ),
         (P::RollingBack, E::Abort, auto(), P::RollingBack, vec![]),
         (P::Pulling, E::Healthy, auto(), P::Pulling, vec![]),
         (P::Succeeded, E::Abort, auto(), P::Succeeded, vec![]),
     ];
     for (from, event, policy, to, effects) in cases {
-        assert_eq!(transition(from, &event, &policy), (to, effects), "{from:?} + {event:?}");
+        assert_eq!(
+            transition(from, &event, &policy),
+            (to, effects),
+            "{from:?} + {event:?}"
+        );
     }
 }
 
@@ -71,7 +159,11 @@ fn terminal_phases_absorb_every_event() {
     for phase in P::ALL.into_iter().filter(|p| p.is_terminal()) {
         for event in all_events() {
             for policy in [auto(), manual()] {
-                assert_eq!(transition(phase, &event, &policy), (phase, vec![]), "{phase:?} {event:?}");
+                assert_eq!(
+                    transition(phase, &event, &policy),
+                    (phase, vec![]),
+                    "{phase:?} {event:?}"
+                );
             }
         }
     }
@@ -101,7 +193,11 @@ fn every_failure_path_ends_in_rolled_back_or_failed() {
     let events = all_events();
     let mut rng = SplitMix(0x5eed);
     for _ in 0..20_000 {
-        let policy = if rng.next() % 2 == 0 { auto() } else { manual() };
+        let policy = if rng.next().is_multiple_of(2) {
+            auto()
+        } else {
+            manual()
+        };
         let mut phase = P::Pending;
         let mut old_stopped = false;
         let mut failed_after_stop = false;
@@ -118,7 +214,12 @@ fn every_failure_path_ends_in_rolled_back_or_failed() {
             }
             let is_failure = matches!(
                 event,
-                E::StopFailed(_) | E::StartFailed(_) | E::Unhealthy(_) | E::Deadline | E::RollbackFailed(_) | E::Abort
+                E::StopFailed(_)
+                    | E::StartFailed(_)
+                    | E::Unhealthy(_)
+                    | E::Deadline
+                    | E::RollbackFailed(_)
+                    | E::Abort
             );
             if old_stopped && is_failure && next != phase {
                 failed_after_stop = true;

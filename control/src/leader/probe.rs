@@ -1,0 +1,51 @@
+//! The readiness probe of an update's health gate: the policy's command,
+//! run in the sandbox through its agent's data plane; healthy when it
+//! exits 0 within a bounded time.
+
+use std::time::Duration;
+
+use berth_proto::agent_v1::agent_data_client::AgentDataClient;
+use berth_proto::agent_v1::{exec_output, ExecRequest};
+use tonic::transport::Endpoint;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `command` in sandbox `name` via the agent at `data_addr`.
+pub async fn run(data_addr: &str, name: &str, command: Vec<String>) -> Result<(), String> {
+    let attempt = async {
+        let endpoint = Endpoint::from_shared(format!("http://{data_addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("agent unreachable: {e}"))?;
+        let mut client = AgentDataClient::new(channel);
+        let mut stream = client
+            .exec(ExecRequest {
+                name: name.to_string(),
+                command,
+            })
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        let mut code = None;
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| s.message().to_string())?
+        {
+            if let Some(exec_output::Out::ExitCode(c)) = msg.out {
+                code = Some(c);
+            }
+        }
+        match code {
+            Some(0) => Ok(()),
+            Some(c) => Err(format!("exit code {c}")),
+            None => Err("no exit code".to_string()),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {PROBE_TIMEOUT:?}")))
+}
