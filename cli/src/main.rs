@@ -6,6 +6,7 @@
 
 mod client;
 mod local;
+mod operations;
 mod output;
 mod sandbox;
 

@@ -53,6 +53,8 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
         "node": s.node,
         "container_id": s.container_id,
         "volume": s.volume,
+        "stable_revision": s.stable_revision,
+        "operation": s.operation.as_ref().map(crate::operations::operation_json),
     })
 }
 
@@ -199,6 +201,42 @@ pub fn print_agents(format: Format, agents: &[berth_proto::v1::Agent]) {
                     status.to_string(),
                     a.sandboxes.to_string(),
                     a.message.clone(),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
+}
+
+pub fn print_revisions(format: Format, list: &berth_proto::v1::ListRevisionsResponse) {
+    match format {
+        Format::Json => {
+            let revisions: Vec<Value> = list
+                .revisions
+                .iter()
+                .map(|r| {
+                    let spec = r.spec.clone().unwrap_or_default();
+                    json!({ "revision": r.number, "image": spec.image, "policy": spec.policy,
+                            "env": spec.env, "created_at_unix_ms": r.created_at_unix_ms,
+                            "stable": r.stable, "current": r.current })
+                })
+                .collect();
+            println!(
+                "{}",
+                json!({ "current": list.current, "stable_revision": list.stable_revision, "revisions": revisions })
+            );
+        }
+        Format::Table => {
+            let mut rows = vec![["REVISION", "IMAGE", "POLICY", "STABLE", "CURRENT"].map(String::from).to_vec()];
+            for r in &list.revisions {
+                let spec = r.spec.clone().unwrap_or_default();
+                let policy = if spec.policy.is_some() { "yes" } else { "-" };
+                rows.push(vec![
+                    r.number.to_string(),
+                    spec.image,
+                    policy.to_string(),
+                    if r.stable { "yes" } else { "no" }.to_string(),
+                    if r.current { "*" } else { "" }.to_string(),
                 ]);
             }
             print_table(&rows);

@@ -68,12 +68,26 @@ pub enum SandboxCommand {
     },
     /// Print the sandbox and every change of it until it is deleted.
     Watch { name: String },
+    /// Update image, policy and/or env in place (same workspace volume).
+    Update(crate::operations::UpdateArgs),
+    /// Roll back: abort the update in progress, or go back to a revision.
+    Rollback {
+        name: String,
+        /// Revision to go back to (default: the last stable one other than the current).
+        #[arg(long)]
+        to_revision: Option<u64>,
+        /// Follow the rollback to its end; exit non-zero unless it completed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the sandbox's revisions.
+    History { name: String },
 }
 
 /// How long `delete` waits for the sandbox's node to remove it.
 const DELETE_WAIT: Duration = Duration::from_secs(120);
 
-fn parse_env(pairs: &[String]) -> Result<HashMap<String, String>, Failure> {
+pub fn parse_env(pairs: &[String]) -> Result<HashMap<String, String>, Failure> {
     let mut env = HashMap::new();
     for pair in pairs {
         let (key, value) = pair
@@ -84,7 +98,7 @@ fn parse_env(pairs: &[String]) -> Result<HashMap<String, String>, Failure> {
     Ok(env)
 }
 
-fn read_policy(path: &PathBuf) -> Result<String, Failure> {
+pub fn read_policy(path: &PathBuf) -> Result<String, Failure> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Failure::usage(format!("cannot read policy file {}: {e}", path.display())))?;
     if meta.len() > MAX_POLICY_BYTES {
@@ -213,6 +227,11 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
                 }
             }
         }
+        SandboxCommand::Update(args) => return crate::operations::update(&mut client, format, args).await,
+        SandboxCommand::Rollback { name, to_revision, wait } => {
+            return crate::operations::rollback(&mut client, format, name, to_revision, wait).await
+        }
+        SandboxCommand::History { name } => return crate::operations::history(&mut client, format, name).await,
         SandboxCommand::Watch { name } => {
             let mut stream = client
                 .watch_sandbox(WatchSandboxRequest { name })
