@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use berth_proto::v1::sandbox_service_client::SandboxServiceClient;
 use berth_proto::v1::{
-    ListRevisionsRequest, Operation, OperationPhase, RollbackSandboxRequest, UpdateSandboxRequest, WatchSandboxRequest,
+    ListRevisionsRequest, Operation, OperationPhase, RollbackSandboxRequest, UpdateSandboxRequest,
+    WatchSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -50,15 +51,23 @@ pub struct UpdateArgs {
 /// Parses `500ms`, `5s`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s"))?;
     let ms = match unit {
         "ms" => n,
         "" | "s" => n * 1000,
         "m" => n * 60_000,
         "h" => n * 3_600_000,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_millis(ms))
 }
@@ -115,7 +124,11 @@ fn print_operation(format: Format, op: &Operation) {
     }
 }
 
-pub async fn update(client: &mut SandboxServiceClient<Channel>, format: Format, args: UpdateArgs) -> Result<u8, Failure> {
+pub async fn update(
+    client: &mut SandboxServiceClient<Channel>,
+    format: Format,
+    args: UpdateArgs,
+) -> Result<u8, Failure> {
     let policy = args.policy.as_ref().map(read_policy).transpose()?;
     let env: HashMap<String, String> = parse_env(&args.env)?;
     let request = UpdateSandboxRequest {
@@ -169,7 +182,9 @@ async fn wait(
 ) -> Result<u8, Failure> {
     let live = std::io::stderr().is_terminal() && matches!(format, Format::Table);
     let mut stream = client
-        .watch_sandbox(WatchSandboxRequest { name: op.sandbox.clone() })
+        .watch_sandbox(WatchSandboxRequest {
+            name: op.sandbox.clone(),
+        })
         .await?
         .into_inner();
     let mut last_phase = -1;
@@ -207,7 +222,10 @@ async fn wait(
         eprintln!();
     }
     if !last.terminal {
-        return Err(Failure::other(format!("sandbox {} was deleted during the operation", op.sandbox)));
+        return Err(Failure::other(format!(
+            "sandbox {} was deleted during the operation",
+            op.sandbox
+        )));
     }
     let ok = success.iter().any(|p| *p as i32 == last.phase);
     if ok {
@@ -220,13 +238,24 @@ async fn wait(
             "{} ended {}: {}",
             last.kind,
             phase_name(last.phase),
-            if last.reason.is_empty() { "no reason recorded" } else { &last.reason }
+            if last.reason.is_empty() {
+                "no reason recorded"
+            } else {
+                &last.reason
+            }
         )))
     }
 }
 
-pub async fn history(client: &mut SandboxServiceClient<Channel>, format: Format, name: String) -> Result<u8, Failure> {
-    let list = client.list_revisions(ListRevisionsRequest { name }).await?.into_inner();
+pub async fn history(
+    client: &mut SandboxServiceClient<Channel>,
+    format: Format,
+    name: String,
+) -> Result<u8, Failure> {
+    let list = client
+        .list_revisions(ListRevisionsRequest { name })
+        .await?
+        .into_inner();
     output::print_revisions(format, &list);
     Ok(0)
 }

@@ -227,7 +227,9 @@ pub fn print_revisions(format: Format, list: &berth_proto::v1::ListRevisionsResp
             );
         }
         Format::Table => {
-            let mut rows = vec![["REVISION", "IMAGE", "POLICY", "STABLE", "CURRENT"].map(String::from).to_vec()];
+            let mut rows = vec![["REVISION", "IMAGE", "POLICY", "STABLE", "CURRENT"]
+                .map(String::from)
+                .to_vec()];
             for r in &list.revisions {
                 let spec = r.spec.clone().unwrap_or_default();
                 let policy = if spec.policy.is_some() { "yes" } else { "-" };

@@ -227,11 +227,19 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
                 }
             }
         }
-        SandboxCommand::Update(args) => return crate::operations::update(&mut client, format, args).await,
-        SandboxCommand::Rollback { name, to_revision, wait } => {
+        SandboxCommand::Update(args) => {
+            return crate::operations::update(&mut client, format, args).await
+        }
+        SandboxCommand::Rollback {
+            name,
+            to_revision,
+            wait,
+        } => {
             return crate::operations::rollback(&mut client, format, name, to_revision, wait).await
         }
-        SandboxCommand::History { name } => return crate::operations::history(&mut client, format, name).await,
+        SandboxCommand::History { name } => {
+            return crate::operations::history(&mut client, format, name).await
+        }
         SandboxCommand::Watch { name } => {
             let mut stream = client
                 .watch_sandbox(WatchSandboxRequest { name })

@@ -6,6 +6,7 @@
 
 mod api;
 mod bootstrap;
+mod chaos;
 mod clock;
 mod error;
 mod leader;

@@ -23,6 +23,7 @@ struct NodeSlot {
 pub struct TestCluster {
     dir: TempDir,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     initial: String,
     nodes: BTreeMap<u64, NodeSlot>,
     agents: BTreeMap<String, NodeSlot>,
@@ -38,6 +39,16 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], passing `extra_args` to every `berthd`.
     pub async fn start_with(n: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(n, extra_args, &[]).await
+    }
+
+    /// Like [`TestCluster::start_with`], with extra environment variables
+    /// for every `berthd` (for example chaos crash points).
+    pub async fn start_with_env(
+        n: u64,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
@@ -58,6 +69,10 @@ impl TestCluster {
         let mut cluster = Self {
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             initial,
             nodes,
             agents: BTreeMap::new(),
@@ -121,10 +136,11 @@ impl TestCluster {
             None => args.extend(["--initial-cluster".to_string(), self.initial.clone()]),
         }
         args.extend(self.extra_args.iter().cloned());
-        slot.process = Some(NodeProcess::spawn(
+        slot.process = Some(NodeProcess::spawn_with_env(
             &format!("berthd-{id}"),
             &bin_path("berthd"),
             &args,
+            &self.env,
             &log,
         )?);
         Ok(())

@@ -4,6 +4,7 @@
 //! Every process a test starts is killed when its [`TestCluster`] drops,
 //! also when the test fails (the node logs are then printed for diagnosis).
 
+pub mod api;
 mod cluster;
 pub mod podman;
 mod process;

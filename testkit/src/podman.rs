@@ -10,6 +10,10 @@ use anyhow::{bail, Context};
 
 /// The image tests run sandboxes from (busybox on scratch, built locally).
 pub const TEST_IMAGE_V1: &str = "localhost/berth-e2e:v1";
+/// The same with `/etc/berth-demo-version` saying v2.
+pub const TEST_IMAGE_V2: &str = "localhost/berth-e2e:v2";
+/// An image whose process exits at once (code 3).
+pub const TEST_IMAGE_CRASH: &str = "localhost/berth-e2e:crash";
 
 fn podman() -> Command {
     let mut cmd = Command::new("podman");
@@ -43,7 +47,12 @@ fn stdout(args: &[&str]) -> anyhow::Result<String> {
 pub fn ensure_test_image() -> anyhow::Result<()> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| build(TEST_IMAGE_V1, "v1").map_err(|e| format!("{e:#}")))
+        .get_or_init(|| {
+            build(TEST_IMAGE_V1, "v1")
+                .and_then(|()| build(TEST_IMAGE_V2, "v2"))
+                .and_then(|()| build_crash())
+                .map_err(|e| format!("{e:#}"))
+        })
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -63,6 +72,21 @@ fn build(image: &str, version: &str) -> anyhow::Result<()> {
     let context = dir.path().display().to_string();
     let arg = format!("VERSION={version}");
     stdout(&["build", "-q", "-t", image, "--build-arg", &arg, &context])?;
+    Ok(())
+}
+
+fn build_crash() -> anyhow::Result<()> {
+    if run(&["image", "exists", TEST_IMAGE_CRASH])?
+        .status
+        .success()
+    {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let containerfile = format!("FROM {TEST_IMAGE_V1}\nCMD [\"/bin/sh\", \"-c\", \"exit 3\"]\n");
+    std::fs::write(dir.path().join("Containerfile"), containerfile)?;
+    let context = dir.path().display().to_string();
+    stdout(&["build", "-q", "-t", TEST_IMAGE_CRASH, &context])?;
     Ok(())
 }
 

@@ -39,6 +39,17 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `program args...`, appending stdout and stderr to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// Like [`NodeProcess::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let out = OpenOptions::new().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         let child = Command::new(program)
@@ -48,6 +59,7 @@ impl NodeProcess {
                 std::env::var("BERTH_TEST_LOG")
                     .unwrap_or_else(|_| "info,openraft=error,openraft::replication=off".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

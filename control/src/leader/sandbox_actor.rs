@@ -289,7 +289,14 @@ impl SandboxState {
             if let Command::AdvanceOperation { to, reason, .. } = &command {
                 tracing::info!(sandbox = %record.name, operation = %op.id, from = op.phase.as_str(), to = to.as_str(), %reason, "operation phase");
             }
+            let to = match &command {
+                Command::AdvanceOperation { to, .. } => Some(*to),
+                _ => None,
+            };
             self.ctx.node.write(command).await?;
+            if let Some(to) = to {
+                crate::chaos::after_phase_committed(to.as_str());
+            }
             self.progress.command_error = None;
             self.last_error = None;
             self.failures = 0;
