@@ -2,8 +2,9 @@
 # Starts a local berth cluster (3 control nodes + 1 agent with the Podman
 # container driver) and shows its main job: a sandbox created from a
 # locally built image, a file written into its /sandbox workspace, the
-# leader killed with kill -9, and the sandbox still running with the file
-# intact. Leaves the cluster running; the last line says how to stop it.
+# leader killed with kill -9, the sandbox still running with the file
+# intact, then an in-place image update v1 -> v2 on the same workspace.
+# Leaves the cluster running; the last line says how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -42,7 +43,10 @@ end=$(date +%s%N)
 run berth cluster status
 run berth sandbox get demo
 run berth sandbox exec demo -- cat /sandbox/notes.txt
+run berth sandbox update demo --image localhost/berth-demo:v2 --min-healthy 2s --wait
+run berth sandbox exec demo -- cat /etc/berth-demo-version /sandbox/notes.txt
+run berth sandbox history demo
 echo
-echo "demo: the sandbox kept running and its workspace is intact; it was readable from the survivors $(( (end - start) / 1000000 )) ms after the leader was killed."
+echo "demo: the sandbox kept running and its workspace is intact; it was readable from the survivors $(( (end - start) / 1000000 )) ms after the leader was killed, and it was updated to v2 on the same workspace."
 echo "demo: the cluster is still running (data in $BERTH_HOME). Try: berth sandbox logs demo; berth node list."
 echo "demo: stop it with: $BIN/berth down --home $BERTH_HOME   (sandbox containers keep running; berth sandbox delete demo removes it)"
