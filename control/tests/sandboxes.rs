@@ -7,94 +7,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use berth_proto::v1::{
-    exec_sandbox_output, CreateSandboxRequest, DeleteSandboxRequest, ExecSandboxRequest,
-    GetSandboxRequest, ListAgentsRequest, Phase, Sandbox, SandboxSpec, StartSandboxRequest,
-    StopSandboxRequest,
+    DeleteSandboxRequest, Phase, Sandbox, StartSandboxRequest, StopSandboxRequest,
+};
+use berth_testkit::api::{
+    any_node, create, exec, get, read_file, unique, wait_agent_ready, wait_until, write_file,
 };
 use berth_testkit::podman::{self, TEST_IMAGE_V1};
 use berth_testkit::TestCluster;
 
 const NODE: &str = "n1";
 
-/// A sandbox name unique to this test process and tag.
-fn unique(tag: &str) -> String {
-    format!("{tag}-{}", std::process::id())
-}
-
 async fn cluster_with_agent() -> anyhow::Result<TestCluster> {
     podman::ensure_test_image()?;
     let mut cluster = TestCluster::start(3).await?;
     cluster.start_agent(NODE)?;
-    wait_agent_ready(&cluster, Duration::from_secs(30)).await?;
+    wait_agent_ready(&cluster, NODE, Duration::from_secs(30)).await?;
     Ok(cluster)
-}
-
-async fn wait_agent_ready(cluster: &TestCluster, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        for id in 1..=3 {
-            if let Ok(mut c) = cluster.cluster_client(id).await {
-                if let Ok(list) = c.list_agents(ListAgentsRequest {}).await {
-                    if list
-                        .into_inner()
-                        .agents
-                        .iter()
-                        .any(|a| a.name == NODE && a.ready)
-                    {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "agent never Ready\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Any running control node's id.
-fn any_node(cluster: &mut TestCluster) -> u64 {
-    cluster.running().first().copied().unwrap_or(1)
-}
-
-async fn create(cluster: &mut TestCluster, name: &str, image: &str) -> anyhow::Result<Sandbox> {
-    let via = any_node(cluster);
-    let mut client = cluster.sandboxes(via).await?;
-    let spec = SandboxSpec {
-        image: image.to_string(),
-        policy: None,
-        env: HashMap::from([("GREETING".to_string(), "hello".to_string())]),
-    };
-    Ok(client
-        .create_sandbox(CreateSandboxRequest {
-            name: name.to_string(),
-            spec: Some(spec),
-        })
-        .await?
-        .into_inner())
-}
-
-async fn get(cluster: &mut TestCluster, name: &str) -> anyhow::Result<Option<Sandbox>> {
-    let via = any_node(cluster);
-    let mut client = cluster.sandboxes(via).await?;
-    match client
-        .get_sandbox(GetSandboxRequest {
-            name: name.to_string(),
-            consistency: 0,
-        })
-        .await
-    {
-        Ok(s) => Ok(Some(s.into_inner())),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-        Err(s) => Err(s.into()),
-    }
 }
 
 async fn wait_phase(
@@ -104,73 +35,6 @@ async fn wait_phase(
     timeout: Duration,
 ) -> anyhow::Result<Sandbox> {
     wait_until(cluster, name, timeout, |s| s.phase == phase as i32).await
-}
-
-/// Polls the sandbox until `done` holds (bounded by `timeout`).
-async fn wait_until(
-    cluster: &mut TestCluster,
-    name: &str,
-    timeout: Duration,
-    done: impl Fn(&Sandbox) -> bool,
-) -> anyhow::Result<Sandbox> {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        if let Ok(Some(s)) = get(cluster, name).await {
-            if done(&s) {
-                return Ok(s);
-            }
-            last = Some(s);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{name} never reached the expected state; last {last:?}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn exec(
-    cluster: &mut TestCluster,
-    name: &str,
-    command: &[&str],
-) -> anyhow::Result<(i32, String)> {
-    let via = any_node(cluster);
-    let mut client = cluster.sandboxes(via).await?;
-    let mut stream = client
-        .exec_sandbox(ExecSandboxRequest {
-            name: name.to_string(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    let mut code = None;
-    while let Some(msg) = stream.message().await? {
-        match msg.out {
-            Some(exec_sandbox_output::Out::Stdout(b)) => out.extend_from_slice(&b),
-            Some(exec_sandbox_output::Out::Stderr(_)) | None => {}
-            Some(exec_sandbox_output::Out::ExitCode(c)) => code = Some(c),
-        }
-    }
-    Ok((
-        code.expect("exit code"),
-        String::from_utf8_lossy(&out).into_owned(),
-    ))
-}
-
-async fn write_file(cluster: &mut TestCluster, name: &str, text: &str) -> anyhow::Result<()> {
-    let script = format!("echo {text} > /sandbox/data.txt");
-    let (code, _) = exec(cluster, name, &["sh", "-c", &script]).await?;
-    anyhow::ensure!(code == 0, "write failed with {code}");
-    Ok(())
-}
-
-async fn read_file(cluster: &mut TestCluster, name: &str) -> anyhow::Result<String> {
-    let (code, out) = exec(cluster, name, &["cat", "/sandbox/data.txt"]).await?;
-    anyhow::ensure!(code == 0, "read failed with {code}");
-    Ok(out.trim().to_string())
 }
 
 async fn running(
@@ -208,7 +72,7 @@ async fn workspace_survives_a_restart_of_every_control_node() -> anyhow::Result<
         cluster.restart(id)?;
     }
     cluster.wait_for_leader(Duration::from_secs(20)).await?;
-    wait_agent_ready(&cluster, Duration::from_secs(30)).await?;
+    wait_agent_ready(&cluster, NODE, Duration::from_secs(30)).await?;
     wait_phase(&mut cluster, &name, Phase::Running, Duration::from_secs(30)).await?;
     assert_eq!(read_file(&mut cluster, &name).await?, "precious");
     assert_eq!(
@@ -232,7 +96,7 @@ async fn a_new_leader_adopts_running_sandboxes_without_touching_them() -> anyhow
     cluster.kill9(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     assert_ne!(new_leader, leader);
-    wait_agent_ready(&cluster, Duration::from_secs(30)).await?;
+    wait_agent_ready(&cluster, NODE, Duration::from_secs(30)).await?;
     // The new leader's actors now act: stopping one sandbox works.
     let (stopped, _) = sandboxes[0].clone();
     let mut client = cluster.sandboxes(new_leader).await?;
@@ -288,7 +152,7 @@ async fn an_agent_restart_reconciles_its_inventory_without_duplicates_or_deletes
         "nothing may change while the agent is away"
     );
     cluster.start_agent(NODE)?;
-    wait_agent_ready(&cluster, Duration::from_secs(30)).await?;
+    wait_agent_ready(&cluster, NODE, Duration::from_secs(30)).await?;
     wait_until(&mut cluster, &name, Duration::from_secs(30), |s| {
         s.phase == Phase::Running as i32 && s.message.starts_with("running on node")
     })

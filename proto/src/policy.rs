@@ -66,6 +66,8 @@ pub struct Policy {
 pub enum PolicyError {
     #[error("policy document is {0} bytes; the limit is {MAX_POLICY_BYTES} bytes (64 KiB)")]
     TooLarge(usize),
+    #[error("policy document is not valid YAML: {0}")]
+    NotYaml(String),
     #[error("policy document is not valid: {0}")]
     Invalid(String),
 }
@@ -101,6 +103,12 @@ impl Policy {
         let policy: Policy = if text.trim().is_empty() {
             Policy::default()
         } else {
+            let value: serde_yaml::Value =
+                serde_yaml::from_str(text).map_err(|e| PolicyError::NotYaml(e.to_string()))?;
+            if !value.is_mapping() {
+                return Err(invalid("a policy must be a YAML mapping of settings"));
+            }
+            // Parsed again as text so errors name the offending key.
             serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?
         };
         policy.validate()?;
