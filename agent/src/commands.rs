@@ -130,7 +130,8 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
     };
     let sandbox = sandbox_of(&command);
     match outcome {
-        Ok(observed) => {
+        Ok(mut observed) => {
+            observed.seq = next_seq();
             tracing::info!(command_id = id, term = command.term, %sandbox, op = what, "command done");
             CommandResult {
                 command_id: id,
@@ -181,6 +182,20 @@ fn sandbox_of(command: &Command) -> &str {
     }
 }
 
+/// Orders observations on this agent (see `Observed.seq`): taken when an
+/// observation is made, so a later observation always has a higher seq.
+pub fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Stamps a whole inventory listing with the seq taken before it began.
+pub fn stamp(inventory: &mut [berth_proto::agent_v1::Observed], seq: u64) {
+    for o in inventory {
+        o.seq = seq;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,9 +219,18 @@ mod tests {
 
     async fn next_result(rx: &mut mpsc::Receiver<AgentMessage>) -> CommandResult {
         match rx.recv().await.unwrap().msg {
-            Some(agent_message::Msg::Result(r)) => r,
+            Some(agent_message::Msg::Result(r)) => unseq(r),
             other => panic!("expected a result, got {other:?}"),
         }
+    }
+
+    /// Results compared by content, not by when they were observed.
+    fn unseq(mut r: CommandResult) -> CommandResult {
+        if let Some(o) = r.observed.as_mut() {
+            assert!(o.seq > 0, "results carry a seq");
+            o.seq = 0;
+        }
+        r
     }
 
     #[test]

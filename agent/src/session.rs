@@ -175,7 +175,9 @@ impl Session {
                 addr: addr.to_string(),
                 source,
             })?;
-        let inventory = self.driver.inventory().await?;
+        let inventory_seq = crate::commands::next_seq();
+        let mut inventory = self.driver.inventory().await?;
+        crate::commands::stamp(&mut inventory, inventory_seq);
         let (tx, rx) = mpsc::channel(256);
         let register = Register {
             node_name: self.cfg.node_name.clone(),
@@ -185,6 +187,7 @@ impl Session {
             data_addr: self.cfg.data_addr.clone(),
             inventory: inventory.clone(),
             highest_term: self.fence.highest(),
+            inventory_seq,
         };
         let _ = tx
             .send(message(agent_message::Msg::Register(register)))
@@ -216,7 +219,12 @@ impl Session {
         *registered = true;
         tracing::info!(%addr, leader_id = accepted.leader_id, term = accepted.term, node = %self.cfg.node_name, "registered with leader");
 
-        let heartbeat = tokio::spawn(heartbeats(self.driver.clone(), tx.clone(), inventory));
+        let heartbeat = tokio::spawn(heartbeats(
+            self.driver.clone(),
+            tx.clone(),
+            inventory,
+            inventory_seq,
+        ));
         let _stop_heartbeat = AbortOnDrop(heartbeat);
         while let Some(msg) = inbound.message().await? {
             match msg.msg {
@@ -237,18 +245,25 @@ async fn heartbeats(
     driver: Arc<dyn Driver>,
     tx: mpsc::Sender<AgentMessage>,
     mut last: Vec<Observed>,
+    mut last_seq: u64,
 ) {
     let start = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
     let mut tick = tokio::time::interval_at(start, HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let seq = crate::commands::next_seq();
         match driver.inventory().await {
-            Ok(inv) => last = inv,
+            Ok(mut inv) => {
+                crate::commands::stamp(&mut inv, seq);
+                last = inv;
+                last_seq = seq;
+            }
             Err(e) => tracing::warn!(error = %e, "inventory failed; repeating the last one"),
         }
         let hb = Heartbeat {
             inventory: last.clone(),
+            seq: last_seq,
         };
         if tx
             .send(message(agent_message::Msg::Heartbeat(hb)))

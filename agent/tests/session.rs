@@ -93,7 +93,13 @@ fn pull(id: u64, term: u64) -> Down {
 async fn next_result(up: &mut Streaming<AgentMessage>, heartbeats: &mut usize) -> CommandResult {
     loop {
         match up.message().await.unwrap().unwrap().msg {
-            Some(Up::Result(r)) => return r,
+            Some(Up::Result(mut r)) => {
+                // Compared by content, not by when it was observed.
+                if let Some(o) = r.observed.as_mut() {
+                    o.seq = 0;
+                }
+                return r;
+            }
             Some(Up::Heartbeat(_)) => *heartbeats += 1,
             other => panic!("unexpected {other:?}"),
         }

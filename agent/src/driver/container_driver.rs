@@ -84,14 +84,25 @@ impl ContainerDriver {
         &self,
         name: &str,
     ) -> Result<Option<ContainerInspectResponse>, DriverError> {
-        match self
-            .docker
-            .inspect_container(&container_name(name), None)
-            .await
-        {
-            Ok(c) => Ok(Some(c)),
-            Err(e) if status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(engine("inspect container", e)),
+        self.inspect_id(&container_name(name)).await
+    }
+
+    /// Inspects a container by name or id, `None` if it is absent. Podman
+    /// briefly reports a state ("stopped") that the Docker API schema does
+    /// not know while a container is being stopped; such answers are
+    /// retried for a bounded time instead of failing the command.
+    async fn inspect_id(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DriverError> {
+        let mut attempts = 0;
+        loop {
+            match self.docker.inspect_container(id, None).await {
+                Ok(c) => return Ok(Some(c)),
+                Err(e) if status(&e) == Some(404) => return Ok(None),
+                Err(e) if attempts < 50 && e.to_string().contains("unknown variant") => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(engine("inspect container", e)),
+            }
         }
     }
 
@@ -320,10 +331,8 @@ impl Driver for ContainerDriver {
         let present: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
         let mut out = Vec::new();
         for id in list.iter().filter_map(|c| c.id.as_deref()) {
-            let c = match self.docker.inspect_container(id, None).await {
-                Ok(c) => c,
-                Err(e) if status(&e) == Some(404) => continue, // removed meanwhile
-                Err(e) => return Err(engine("inspect container", e)),
+            let Some(c) = self.inspect_id(id).await? else {
+                continue; // removed meanwhile
             };
             let name = label(&c, LABEL_SANDBOX).to_string();
             let mut o = observed_of(&name, &c);

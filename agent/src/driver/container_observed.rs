@@ -84,6 +84,7 @@ pub(super) fn observed_of(name: &str, c: &ContainerInspectResponse) -> Observed 
         volume: label(c, LABEL_VOLUME).to_string(),
         volume_present: false,
         message,
+        seq: 0,
     }
 }
 

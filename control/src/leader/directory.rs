@@ -28,6 +28,17 @@ pub enum Link {
     Connected(Option<Observed>),
 }
 
+/// The same observation, whenever it was made.
+fn same(a: &Observed, b: &Observed) -> bool {
+    Observed {
+        seq: 0,
+        ..a.clone()
+    } == Observed {
+        seq: 0,
+        ..b.clone()
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Directory(Arc<RwLock<HashMap<String, LiveNode>>>);
 
@@ -67,21 +78,34 @@ impl Directory {
         }
     }
 
-    /// Replaces the inventory; returns the sandboxes whose observation
-    /// changed (so their actors can be nudged).
-    pub fn set_inventory(&self, node: &str, session: u64, inventory: Vec<Observed>) -> Vec<String> {
+    /// Replaces the inventory with a listing that began at `seq`, keeping
+    /// any observation newer than the listing (a command that finished
+    /// while it ran); returns the sandboxes whose observation changed (so
+    /// their actors can be nudged).
+    pub fn set_inventory(
+        &self,
+        node: &str,
+        session: u64,
+        inventory: Vec<Observed>,
+        seq: u64,
+    ) -> Vec<String> {
         let mut nodes = self.write();
         let Some(live) = nodes.get_mut(node).filter(|n| n.session == session) else {
             return vec![];
         };
-        let new: HashMap<String, Observed> =
+        let mut new: HashMap<String, Observed> =
             inventory.into_iter().map(|o| (o.name.clone(), o)).collect();
+        if let Some(old) = &live.inventory {
+            for (name, o) in old.iter().filter(|(_, o)| o.seq > seq) {
+                new.insert(name.clone(), o.clone());
+            }
+        }
         let changed = match &live.inventory {
             None => new.keys().cloned().collect(),
             Some(old) => {
                 let mut changed: Vec<String> = new
                     .iter()
-                    .filter(|(k, v)| old.get(*k) != Some(v))
+                    .filter(|(k, v)| old.get(*k).is_none_or(|o| !same(o, v)))
                     .map(|(k, _)| k.clone())
                     .collect();
                 changed.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
@@ -93,14 +117,20 @@ impl Directory {
         changed
     }
 
-    /// Records the observation a command result carried.
+    /// Records the observation a command result carried, unless a newer
+    /// one is already known.
     pub fn update_observed(&self, node: &str, observed: Observed) {
         if let Some(inv) = self
             .write()
             .get_mut(node)
             .and_then(|n| n.inventory.as_mut())
         {
-            inv.insert(observed.name.clone(), observed);
+            if inv
+                .get(&observed.name)
+                .is_none_or(|old| old.seq <= observed.seq)
+            {
+                inv.insert(observed.name.clone(), observed);
+            }
         }
     }
 
@@ -129,5 +159,60 @@ impl Directory {
     /// Seconds since `node` last reported, if connected.
     pub fn silent_for(&self, node: &str) -> Option<std::time::Duration> {
         self.read().get(node).map(|n| n.last_seen.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::agent_v1::ContainerState;
+
+    fn obs(name: &str, state: ContainerState, seq: u64) -> Observed {
+        Observed {
+            name: name.into(),
+            state: state as i32,
+            seq,
+            ..Observed::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_listing_never_overwrites_a_newer_command_result() {
+        struct Noop;
+        impl ractor::Actor for Noop {
+            type Msg = NodeMsg;
+            type State = ();
+            type Arguments = ();
+            async fn pre_start(
+                &self,
+                _: ActorRef<NodeMsg>,
+                _: (),
+            ) -> Result<(), ractor::ActorProcessingErr> {
+                Ok(())
+            }
+        }
+        let (actor, _handle) = ractor::Actor::spawn(None, Noop, ()).await.unwrap();
+        let dir = Directory::default();
+        dir.connect("n", 1, actor.clone());
+        dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 5)], 5);
+        // A command result observed at seq 9: the new container runs.
+        dir.update_observed("n", obs("b", ContainerState::Running, 9));
+        dir.update_observed("n", obs("a", ContainerState::Exited, 9));
+        // A heartbeat whose listing began at seq 7 (before the command ended).
+        let changed = dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 7)], 7);
+        assert!(changed.is_empty(), "{changed:?}");
+        let Link::Connected(Some(a)) = dir.link("n", "a") else {
+            panic!()
+        };
+        assert_eq!((a.state(), a.seq), (ContainerState::Exited, 9));
+        assert!(matches!(dir.link("n", "b"), Link::Connected(Some(_))));
+        // An older command result does not replace a newer listing either.
+        dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 12)], 12);
+        dir.update_observed("n", obs("a", ContainerState::Exited, 11));
+        let Link::Connected(Some(a)) = dir.link("n", "a") else {
+            panic!()
+        };
+        assert_eq!(a.seq, 12);
+        actor.stop(None);
     }
 }

@@ -76,11 +76,11 @@ impl NodeState {
         }
     }
 
-    async fn on_inventory(&self, inventory: Vec<berth_proto::agent_v1::Observed>) {
+    async fn on_inventory(&self, inventory: Vec<berth_proto::agent_v1::Observed>, seq: u64) {
         let changed = self
             .ctx
             .directory
-            .set_inventory(&self.name, self.session, inventory);
+            .set_inventory(&self.name, self.session, inventory, seq);
         self.nudge(&changed);
         let ready = self
             .ctx
@@ -171,7 +171,9 @@ impl Actor for NodeActor {
             pending: HashMap::new(),
             next_id: 1,
         };
-        state.on_inventory(register.inventory).await;
+        state
+            .on_inventory(register.inventory, register.inventory_seq)
+            .await;
         Ok(state)
     }
 
@@ -183,7 +185,7 @@ impl Actor for NodeActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Inbound(AgentMessage { msg: Some(msg) }) => match msg {
-                agent_message::Msg::Heartbeat(hb) => state.on_inventory(hb.inventory).await,
+                agent_message::Msg::Heartbeat(hb) => state.on_inventory(hb.inventory, hb.seq).await,
                 agent_message::Msg::Result(result) => {
                     if let Some(observed) = result.observed.clone() {
                         state.ctx.directory.update_observed(&state.name, observed);

@@ -38,6 +38,7 @@ fn observed(state: ContainerState, volume: bool) -> Observed {
         volume: "berth-s-u1".into(),
         volume_present: volume,
         message: String::new(),
+        seq: 0,
     }
 }
 

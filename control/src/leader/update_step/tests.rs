@@ -77,6 +77,7 @@ fn obs(state: ContainerState, revision: u64, exit_code: i64) -> Observed {
         volume: "v".into(),
         volume_present: true,
         message: String::new(),
+        seq: 0,
     }
 }
 
