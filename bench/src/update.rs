@@ -27,26 +27,21 @@ fn podman(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts container `name` from `image` with `volume` at /sandbox.
+fn run_with_volume(name: &str, volume: &str, image: &str) -> anyhow::Result<()> {
+    let mount = format!("{volume}:/sandbox");
+    let mut args = vec!["run", "-d", "--name", name, "--ulimit", "nofile=1024:1024"];
+    args.extend(["--ulimit", "nproc=4096:4096", "-v", &mount, image]);
+    podman(&args)
+}
+
 /// Stop, remove and recreate a container on the same volume with `image`,
 /// the way an operator would by hand.
 fn direct_replace(name: &str, volume: &str, image: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     podman(&["stop", "-t", "10", name])?;
     podman(&["rm", name])?;
-    let mount = format!("{volume}:/sandbox");
-    podman(&[
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-        "-v",
-        &mount,
-        image,
-    ])?;
+    run_with_volume(name, volume, image)?;
     Ok(started.elapsed())
 }
 
@@ -108,20 +103,7 @@ pub async fn run(rounds: usize) -> anyhow::Result<()> {
     let direct = format!("berth-bench-direct-{}", std::process::id());
     let volume = format!("{direct}-vol");
     podman(&["volume", "create", &volume])?;
-    let mount = format!("{volume}:/sandbox");
-    podman(&[
-        "run",
-        "-d",
-        "--name",
-        &direct,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-        "-v",
-        &mount,
-        TEST_IMAGE_V1,
-    ])?;
+    run_with_volume(&direct, &volume, TEST_IMAGE_V1)?;
     let mut direct_times = Vec::new();
     for round in 0..rounds {
         let image = if round % 2 == 0 {

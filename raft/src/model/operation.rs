@@ -53,6 +53,30 @@ pub struct Operation {
 }
 
 impl Operation {
+    /// A new operation, Pending.
+    pub fn new(
+        id: &str,
+        kind: OperationKind,
+        from: u64,
+        to: u64,
+        policy: UpdatePolicy,
+        at_ms: i64,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            kind,
+            from_revision: from,
+            to_revision: to,
+            phase: UpdatePhase::Pending,
+            policy,
+            attempts: 0,
+            started_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            phase_started_at_ms: at_ms,
+            reason: String::new(),
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         !self.phase.is_terminal()
     }

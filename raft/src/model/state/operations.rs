@@ -8,7 +8,7 @@
 
 use super::{not_found, put, Applied, State};
 use crate::model::command::RejectionKind::{FailedPrecondition, NotFound};
-use crate::model::update::{transition, Effect, Event, UpdatePhase};
+use crate::model::update::{transition, Effect, Event};
 use crate::model::{Command, CommandResponse, Desired, Operation, OperationKind, Revision};
 
 fn refuse(message: String) -> Applied {
@@ -63,19 +63,14 @@ impl State {
                     created_at_ms: *at_ms,
                     stable: false,
                 });
-                record.operation = Some(Operation {
-                    id: operation_id.clone(),
-                    kind: OperationKind::Update,
-                    from_revision: record.revision,
-                    to_revision: number,
-                    phase: UpdatePhase::Pending,
-                    policy: *policy,
-                    attempts: 0,
-                    started_at_ms: *at_ms,
-                    updated_at_ms: *at_ms,
-                    phase_started_at_ms: *at_ms,
-                    reason: String::new(),
-                });
+                record.operation = Some(Operation::new(
+                    operation_id,
+                    OperationKind::Update,
+                    record.revision,
+                    number,
+                    *policy,
+                    *at_ms,
+                ));
                 put(record)
             }
             Command::RollbackSandbox {
@@ -145,19 +140,14 @@ impl State {
                     ));
                 }
                 let mut record = record.clone();
-                record.operation = Some(Operation {
-                    id: operation_id.clone(),
-                    kind: OperationKind::Rollback,
-                    from_revision: record.revision,
-                    to_revision: target,
-                    phase: UpdatePhase::Pending,
-                    policy: *policy,
-                    attempts: 0,
-                    started_at_ms: *at_ms,
-                    updated_at_ms: *at_ms,
-                    phase_started_at_ms: *at_ms,
-                    reason: String::new(),
-                });
+                record.operation = Some(Operation::new(
+                    operation_id,
+                    OperationKind::Rollback,
+                    record.revision,
+                    target,
+                    *policy,
+                    *at_ms,
+                ));
                 put(record)
             }
             Command::AdvanceOperation {
