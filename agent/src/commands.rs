@@ -151,12 +151,16 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
 /// if it has one, else its volume, else just its name.
 async fn pull(driver: &dyn Driver, name: &str, image: &str) -> Result<Observed, DriverError> {
     driver.pull(image).await?;
-    let mut mine: Vec<Observed> = driver
-        .inventory()
-        .await?
-        .into_iter()
-        .filter(|o| o.name == name)
-        .collect();
+    // The pull succeeded; failing to list afterwards must not fail it (the
+    // next heartbeat reports the sandbox anyway).
+    let inventory = match driver.inventory().await {
+        Ok(inventory) => inventory,
+        Err(e) => {
+            tracing::warn!(sandbox = name, error = %e, "inventory after pull failed");
+            vec![]
+        }
+    };
+    let mut mine: Vec<Observed> = inventory.into_iter().filter(|o| o.name == name).collect();
     mine.sort_by_key(|o| o.state == ContainerState::Absent as i32);
     Ok(mine.into_iter().next().unwrap_or_else(|| Observed {
         name: name.to_string(),

@@ -37,7 +37,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::container_observed::{
-    absent, check_uid, engine, engine_reason, is_running, label, observed_of, status,
+    absent, check_uid, engine, engine_reason, is_gone, is_running, label, observed_of, status,
 };
 pub use super::container_observed::{LABEL_REVISION, LABEL_SANDBOX, LABEL_UID, LABEL_VOLUME};
 use super::container_policy::{self, POLICY_SUBDIR};
@@ -96,7 +96,7 @@ impl ContainerDriver {
         loop {
             match self.docker.inspect_container(id, None).await {
                 Ok(c) => return Ok(Some(c)),
-                Err(e) if status(&e) == Some(404) => return Ok(None),
+                Err(e) if is_gone(&e) => return Ok(None),
                 Err(e) if attempts < 50 && e.to_string().contains("unknown variant") => {
                     attempts += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

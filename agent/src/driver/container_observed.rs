@@ -95,6 +95,18 @@ pub(super) fn status(e: &EngineError) -> Option<u16> {
     }
 }
 
+/// The engine says the object does not exist: a 404, or Podman's 500 for a
+/// container removed between a listing and an inspect.
+pub(super) fn is_gone(e: &EngineError) -> bool {
+    match e {
+        EngineError::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code == 404 || message.contains("no such container"),
+        _ => false,
+    }
+}
+
 pub(super) fn engine_reason(e: &EngineError) -> String {
     match e {
         EngineError::DockerResponseServerError { message, .. } => message.clone(),

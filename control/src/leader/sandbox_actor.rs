@@ -30,6 +30,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// A command unanswered this long is considered lost.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A container running this long after a start resets the restart backoff.
+const STABLE_RUN: Duration = Duration::from_secs(10);
 
 pub enum SandboxMsg {
     Tick,
@@ -61,6 +63,8 @@ pub struct SandboxState {
     /// What the current update or rollback has shown so far.
     progress: Progress,
     failures: u32,
+    /// When the last successful start happened (for the backoff reset).
+    running_since: Option<Instant>,
     next_attempt: Instant,
     last_error: Option<String>,
 }
@@ -140,6 +144,17 @@ impl SandboxState {
             Some(node) => self.ctx.directory.link(node, &record.name),
             None => Link::Disconnected,
         };
+        if self
+            .running_since
+            .is_some_and(|t| t.elapsed() >= STABLE_RUN)
+        {
+            let still_running = matches!(&link, Link::Connected(Some(o))
+                if o.state() == berth_proto::agent_v1::ContainerState::Running);
+            if still_running {
+                self.failures = 0;
+            }
+            self.running_since = None;
+        }
         if let Some(op) = record.active_operation().cloned() {
             if self.step_operation(myself, &record, &op, &link).await? {
                 return Ok(true);
@@ -353,8 +368,8 @@ impl SandboxState {
             if !running {
                 return;
             }
-            // Reset the restart backoff once a start succeeded.
-            self.failures = 0;
+            // The restart backoff resets once the start has lasted.
+            self.running_since = Some(Instant::now());
         } else if result.refused {
             self.last_error = None;
         } else {
@@ -385,6 +400,7 @@ impl Actor for SandboxActor {
             inflight: None,
             progress: Progress::default(),
             failures: 0,
+            running_since: None,
             next_attempt: Instant::now(),
             last_error: None,
         })
