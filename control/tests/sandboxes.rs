@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use berth_proto::v1::{
-    DeleteSandboxRequest, Phase, Sandbox, StartSandboxRequest, StopSandboxRequest,
+    DeleteSandboxRequest, Phase, Sandbox, SandboxLogsRequest, StartSandboxRequest,
+    StopSandboxRequest,
 };
 use berth_testkit::api::{
     any_node, create, exec, get, read_file, unique, wait_agent_ready, wait_until, write_file,
@@ -204,6 +205,17 @@ async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() ->
     write_file(&mut cluster, &name, "v").await?;
     let via = any_node(&mut cluster);
     let mut client = cluster.sandboxes(via).await?;
+
+    // The container's output through the control plane (the demo process
+    // prints nothing, so the stream just ends cleanly).
+    let mut logs = client
+        .sandbox_logs(SandboxLogsRequest {
+            name: name.clone(),
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    while logs.message().await?.is_some() {}
 
     client
         .stop_sandbox(StopSandboxRequest { name: name.clone() })
