@@ -304,3 +304,30 @@ async fn a_missing_image_fails_clearly_and_unknown_sandboxes_are_not_found() -> 
     assert_eq!(err.code(), tonic::Code::NotFound);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_container_is_restarted_with_growing_backoff() -> anyhow::Result<()> {
+    let mut cluster = cluster_with_agent().await?;
+    let name = cluster.track(&unique("crashloop"));
+    create(&mut cluster, &name, podman::TEST_IMAGE_CRASH).await?;
+    let s = wait_until(&mut cluster, &name, Duration::from_secs(60), |s| {
+        s.message.contains("exited with code 3")
+    })
+    .await?;
+    assert_eq!(s.phase, Phase::Starting as i32, "{s:?}");
+    // Watch it for 20 s: with backoff (2, 4, 8, 16 s ...) that is a handful
+    // of starts; restarting on every 1 s tick would be about twenty.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let log = std::fs::read_to_string(&cluster.agent(NODE).expect("agent").log)?;
+    let starts = log
+        .lines()
+        .filter(|l| l.contains("command done") && l.contains(&name) && l.contains("ensure"))
+        .count();
+    assert!((2..=8).contains(&starts), "{starts} starts in about 20 s");
+    assert_eq!(
+        podman::containers_of(&name)?.len(),
+        1,
+        "restarts reuse one container"
+    );
+    Ok(())
+}
