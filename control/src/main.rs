@@ -4,6 +4,7 @@
 //! gRPC, then bootstrap a new cluster (`--initial-cluster`, first start
 //! only) or join a running one (`--join`). SIGTERM shuts down cleanly.
 
+mod agent_client;
 mod api;
 mod bootstrap;
 mod chaos;

@@ -10,7 +10,7 @@ use berth_proto::agent_v1::{exec_output, ExecRequest, LogsRequest};
 use berth_proto::v1::{exec_sandbox_output, ExecSandboxOutput, Sandbox, SandboxLogChunk};
 use berth_raft::{Phase, RaftNode, SandboxRecord};
 use futures::{Stream, StreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use super::convert::sandbox_to_proto;
@@ -47,14 +47,10 @@ async fn running_on_agent(
     }
     let addr =
         addr.ok_or_else(|| ApiError::FailedPrecondition(format!("sandbox {name:?} has no node")))?;
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ApiError::Unavailable(format!("bad agent address {addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(2));
-    let channel = endpoint
-        .connect()
+    let client = crate::agent_client::connect(&addr)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("node agent at {addr} unreachable: {e}")))?;
-    Ok((record, AgentDataClient::new(channel)))
+        .map_err(ApiError::Unavailable)?;
+    Ok((record, client))
 }
 
 pub async fn exec(

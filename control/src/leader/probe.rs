@@ -4,23 +4,14 @@
 
 use std::time::Duration;
 
-use berth_proto::agent_v1::agent_data_client::AgentDataClient;
 use berth_proto::agent_v1::{exec_output, ExecRequest};
-use tonic::transport::Endpoint;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `command` in sandbox `name` via the agent at `data_addr`.
 pub async fn run(data_addr: &str, name: &str, command: Vec<String>) -> Result<(), String> {
     let attempt = async {
-        let endpoint = Endpoint::from_shared(format!("http://{data_addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("agent unreachable: {e}"))?;
-        let mut client = AgentDataClient::new(channel);
+        let mut client = crate::agent_client::connect(data_addr).await?;
         let mut stream = client
             .exec(ExecRequest {
                 name: name.to_string(),
