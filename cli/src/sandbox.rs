@@ -276,10 +276,7 @@ async fn wait_until_gone(
             Ok(sandbox) if Instant::now() > deadline => {
                 let sandbox = sandbox.into_inner();
                 return Err(Failure {
-                    message: format!(
-                        "sandbox {name} is still {}: {}",
-                        "Deleting", sandbox.message
-                    ),
+                    message: format!("sandbox {name} is still Deleting: {}", sandbox.message),
                     code: 5,
                 });
             }

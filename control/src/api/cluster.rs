@@ -117,11 +117,7 @@ impl ClusterService for ClusterApi {
                 driver: n.driver.clone(),
                 ready: n.ready,
                 message: n.message.clone(),
-                sandboxes: state
-                    .table
-                    .iter()
-                    .filter(|s| s.node.as_deref() == Some(n.name.as_str()))
-                    .count() as u32,
+                sandboxes: u32::try_from(state.table.sandboxes_on(&n.name)).unwrap_or(u32::MAX),
                 data_addr: n.data_addr.clone(),
             })
             .collect();

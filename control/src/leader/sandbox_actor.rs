@@ -107,11 +107,7 @@ impl SandboxState {
             .into_iter()
             .filter(|n| state.table.node(n).is_some_and(|r| r.ready))
             .map(|n| {
-                let count = state
-                    .table
-                    .iter()
-                    .filter(|r| r.node.as_deref() == Some(n.as_str()))
-                    .count();
+                let count = state.table.sandboxes_on(&n);
                 (n, count)
             })
             .collect()
@@ -122,13 +118,20 @@ impl SandboxState {
         &mut self,
         myself: &ActorRef<SandboxMsg>,
     ) -> Result<bool, ActorProcessingErr> {
-        let record = {
+        // The record and its node's replicated liveness, read together.
+        let (record, node_ready) = {
             let state = self.ctx.node.state().read();
-            state
+            let record = state
                 .table
                 .get(&self.name)
                 .filter(|r| r.uid == self.uid)
-                .cloned()
+                .cloned();
+            let ready = record
+                .as_ref()
+                .and_then(|r| r.node.as_deref())
+                .and_then(|n| state.table.node(n))
+                .is_some_and(|n| n.ready);
+            (record, ready)
         };
         let Some(record) = record else {
             return Ok(false);
@@ -169,10 +172,6 @@ impl SandboxState {
         {
             record.desired = Desired::Stopped;
         }
-        let node_ready = record.node.as_deref().is_some_and(|n| {
-            let state = self.ctx.node.state().read();
-            state.table.node(n).is_some_and(|r| r.ready)
-        });
         let ready = if record.node.is_none() {
             self.ready_nodes()
         } else {

@@ -74,6 +74,14 @@ impl State {
         self.nodes.get(name)
     }
 
+    /// How many sandboxes are placed on `node`.
+    pub fn sandboxes_on(&self, node: &str) -> usize {
+        self.sandboxes
+            .values()
+            .filter(|r| r.node.as_deref() == Some(node))
+            .count()
+    }
+
     /// All node records, ordered by name.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
         self.nodes.values()
