@@ -4,8 +4,10 @@
 //! seen is refused (`refused: true`, nothing done); a higher term is made
 //! durable before the command runs. The check is repeated right before the
 //! driver acts, so a command queued behind a newer leader's never runs.
-//! Commands for one sandbox run one after another in arrival order (one
-//! lane per sandbox name); different sandboxes proceed concurrently. Lanes
+//! An `Ensure` fetches its image first and checks the fence again before
+//! it touches any container, so a long pull never carries a command across
+//! a term change. Commands for one sandbox run one after another in
+//! arrival order (one lane per sandbox name); different sandboxes proceed concurrently. Lanes
 //! outlive a control session, so a reconnect never runs two commands for
 //! one sandbox at once.
 //!
@@ -30,11 +32,15 @@ struct Job {
     reply: mpsc::Sender<AgentMessage>,
 }
 
+/// Sandbox uid -> image, for every Pull running now.
+type Pulls = Arc<Mutex<HashMap<String, String>>>;
+
 /// Runs commands on the driver, fenced and serialized per sandbox.
 pub struct CommandRunner {
     driver: Arc<dyn Driver>,
     fence: Arc<Fence>,
     lanes: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    pulls: Pulls,
 }
 
 /// The fencing decision for a command with `term`: `None` to go ahead (the
@@ -62,6 +68,22 @@ impl CommandRunner {
             driver,
             fence,
             lanes: Mutex::new(HashMap::new()),
+            pulls: Pulls::default(),
+        }
+    }
+
+    /// Marks every sandbox whose image pull runs now with its progress, so
+    /// heartbeats carry it to the leader (and `update --wait` shows it).
+    pub fn annotate(&self, inventory: &mut [Observed]) {
+        let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        for o in inventory.iter_mut() {
+            if let Some(image) = pulls.get(&o.uid) {
+                let progress = self
+                    .driver
+                    .pull_progress(image)
+                    .unwrap_or_else(|| "checking".to_string());
+                o.pull_progress = format!("pulling {image}: {progress}");
+            }
         }
     }
 
@@ -83,9 +105,9 @@ impl CommandRunner {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         // A lane whose worker is gone is replaced (at most once).
         for _ in 0..2 {
-            let lane = lanes
-                .entry(name.clone())
-                .or_insert_with(|| spawn_lane(self.driver.clone(), self.fence.clone()));
+            let lane = lanes.entry(name.clone()).or_insert_with(|| {
+                spawn_lane(self.driver.clone(), self.fence.clone(), self.pulls.clone())
+            });
             match lane.send(job) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(back)) => {
@@ -98,11 +120,27 @@ impl CommandRunner {
     }
 }
 
-fn spawn_lane(driver: Arc<dyn Driver>, fence: Arc<Fence>) -> mpsc::UnboundedSender<Job> {
+fn spawn_lane(
+    driver: Arc<dyn Driver>,
+    fence: Arc<Fence>,
+    pulls: Pulls,
+) -> mpsc::UnboundedSender<Job> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
+            let pulling = match &job.command.op {
+                Some(Op::Pull(p)) if !p.uid.is_empty() => Some(p.uid.clone()),
+                _ => None,
+            };
+            if let (Some(uid), Some(Op::Pull(p))) = (&pulling, &job.command.op) {
+                let mut map = pulls.lock().unwrap_or_else(|p| p.into_inner());
+                map.insert(uid.clone(), p.image.clone());
+            }
             let result = execute(driver.as_ref(), &fence, job.command).await;
+            if let Some(uid) = pulling {
+                let mut map = pulls.lock().unwrap_or_else(|p| p.into_inner());
+                map.remove(&uid);
+            }
             // The session may be gone; the leader will repeat the command.
             let _ = job.reply.send(result_message(result)).await;
         }
@@ -122,10 +160,27 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
         };
     }
     let (what, outcome) = match &command.op {
-        Some(Op::Ensure(e)) => ("ensure", driver.ensure(e).await),
+        Some(Op::Ensure(e)) => {
+            // The slow step (fetching the image) first, then the fence
+            // again: a command admitted before a newer leader appeared
+            // never acts after it, however long the pull took.
+            let fetched = driver.pull(&e.image).await;
+            if let Err(err) = fence.check(command.term) {
+                return CommandResult {
+                    command_id: id,
+                    refused: true,
+                    error: err.to_string(),
+                    ..Default::default()
+                };
+            }
+            match fetched {
+                Ok(()) => ("ensure", driver.ensure(e).await),
+                Err(err) => ("ensure", Err(err)),
+            }
+        }
         Some(Op::Stop(s)) => ("stop", driver.stop(&s.name, &s.uid).await),
         Some(Op::Remove(r)) => ("remove", driver.remove(r).await),
-        Some(Op::Pull(p)) => ("pull", pull(driver, &p.name, &p.image).await),
+        Some(Op::Pull(p)) => ("pull", pull(driver, &p.name, &p.uid, &p.image).await),
         None => return failed(id, "command without an operation".into()),
     };
     let sandbox = sandbox_of(&command);
@@ -147,9 +202,15 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
     }
 }
 
-/// Make the image local, then report the sandbox untouched: its container
-/// if it has one, else its volume, else just its name.
-async fn pull(driver: &dyn Driver, name: &str, image: &str) -> Result<Observed, DriverError> {
+/// Make the image local, then report the sandbox (`uid`, when given)
+/// untouched: its container if it has one, else its volume, else just its
+/// name.
+async fn pull(
+    driver: &dyn Driver,
+    name: &str,
+    uid: &str,
+    image: &str,
+) -> Result<Observed, DriverError> {
     driver.pull(image).await?;
     // The pull succeeded; failing to list afterwards must not fail it (the
     // next heartbeat reports the sandbox anyway).
@@ -160,7 +221,10 @@ async fn pull(driver: &dyn Driver, name: &str, image: &str) -> Result<Observed, 
             vec![]
         }
     };
-    let mut mine: Vec<Observed> = inventory.into_iter().filter(|o| o.name == name).collect();
+    let mut mine: Vec<Observed> = inventory
+        .into_iter()
+        .filter(|o| o.name == name && (uid.is_empty() || o.uid == uid))
+        .collect();
     mine.sort_by_key(|o| o.state == ContainerState::Absent as i32);
     Ok(mine.into_iter().next().unwrap_or_else(|| Observed {
         name: name.to_string(),
@@ -317,6 +381,7 @@ mod tests {
             op: Some(Op::Pull(Pull {
                 name: name.into(),
                 image: image.into(),
+                uid: String::new(),
             })),
         }
     }

@@ -1,12 +1,17 @@
 //! The AgentData gRPC service: exec and logs streams straight from the
-//! driver, which the control plane proxies to clients. Read-only with
-//! respect to sandbox lifecycle: it never creates, stops or deletes.
+//! driver, which the control plane proxies to clients, and volume sizes.
+//! Read-only with respect to sandbox lifecycle: it never creates, stops or
+//! deletes. Names are validated and, when the caller gives the sandbox's
+//! uid, only that sandbox's container is reached (never another sandbox
+//! that has the name now).
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use berth_proto::agent_v1::agent_data_server::{AgentData, AgentDataServer};
-use berth_proto::agent_v1::{ExecOutput, ExecRequest, LogChunk, LogsRequest};
+use berth_proto::agent_v1::{
+    ExecOutput, ExecRequest, LogChunk, LogsRequest, VolumeSizeRequest, VolumeSizeResponse,
+};
 use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -33,19 +38,27 @@ impl AgentData for DataService {
     type LogsStream = Streamed<LogChunk>;
 
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
-        let ExecRequest { name, command } = req.into_inner();
-        let out = self.driver.exec(&name, command).await?;
+        let ExecRequest { name, command, uid } = req.into_inner();
+        let out = self.driver.exec(&name, &uid, command).await?;
         Ok(Response::new(Box::pin(
             out.map(|i| i.map_err(Status::from)),
         )))
     }
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
-        let LogsRequest { name, follow } = req.into_inner();
-        let out = self.driver.logs(&name, follow).await?;
+        let LogsRequest { name, follow, uid } = req.into_inner();
+        let out = self.driver.logs(&name, &uid, follow).await?;
         Ok(Response::new(Box::pin(
             out.map(|i| i.map_err(Status::from)),
         )))
+    }
+
+    async fn volume_size(
+        &self,
+        req: Request<VolumeSizeRequest>,
+    ) -> Result<Response<VolumeSizeResponse>, Status> {
+        let bytes = self.driver.volume_size(&req.into_inner().volume).await?;
+        Ok(Response::new(VolumeSizeResponse { bytes }))
     }
 }
 

@@ -1,10 +1,17 @@
-//! The agent's node name.
+//! The agent's node name and instance id.
 //!
 //! Keeps invariant 7: node identity is deterministic. It is the
 //! `--node-name` flag, or the name persisted in `DATA_DIR/node-name` on the
 //! first start (the machine's hostname then), and it is never derived from a
 //! container id. A flag that contradicts the persisted name refuses to start,
 //! because a silent rename would orphan every sandbox placed on this node.
+//!
+//! Next to the name, `DATA_DIR/instance-id` holds a random id made on the
+//! first start. Two agents claiming one node name (a cloned data dir, the
+//! same `--node-name` on two hosts) differ in it, and the leader accepts
+//! only the instance it knows unless an operator runs `berth node replace`.
+//! A data dir copied with the file keeps the id; the leader still refuses a
+//! second live session for a name.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +20,25 @@ use crate::fsutil::{read_trimmed, write_atomic};
 
 /// File (inside the data dir) holding the persisted node name.
 pub const NODE_NAME_FILE: &str = "node-name";
+/// File (inside the data dir) holding this agent instance's random id.
+pub const INSTANCE_ID_FILE: &str = "instance-id";
+
+/// This agent instance's id: persisted on first start, then never changed.
+pub fn instance_id(data_dir: &Path) -> Result<String, IdentityError> {
+    let path = data_dir.join(INSTANCE_ID_FILE);
+    let io_err = |source| IdentityError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Some(id) = read_trimmed(&path).map_err(io_err)? {
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    write_atomic(&path, format!("{id}\n").as_bytes()).map_err(io_err)?;
+    Ok(id)
+}
 
 /// Why the node name could not be settled.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +169,16 @@ mod tests {
             assert!(matches!(err, IdentityError::Invalid { .. }), "{err}");
         }
         assert!(!dir.path().join(NODE_NAME_FILE).exists());
+    }
+
+    #[test]
+    fn the_instance_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = instance_id(dir.path()).unwrap();
+        assert_eq!(first.len(), 36);
+        assert_eq!(instance_id(dir.path()).unwrap(), first);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(instance_id(other.path()).unwrap(), first);
     }
 
     #[test]

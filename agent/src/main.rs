@@ -46,9 +46,16 @@ struct Args {
     /// Sandbox driver.
     #[arg(long, value_enum, default_value = "container")]
     driver: DriverKind,
-    /// Address of the AgentData service (also advertised to the control plane).
+    /// Address the AgentData service listens on.
     #[arg(long, default_value = "127.0.0.1:7101")]
     listen: SocketAddr,
+    /// Address the control plane reaches AgentData at (host:port); default:
+    /// the listen address, which then must not be unspecified (0.0.0.0).
+    #[arg(long, env = "BERTH_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// Longest an image pull may take before it fails (e.g. 10m, 90s).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pull_timeout: std::time::Duration,
     /// Container engine socket (unix:///path); default: find or start one.
     #[arg(long, env = "BERTH_ENGINE")]
     engine: Option<String>,
@@ -72,17 +79,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let node_name = identity::resolve(&args.data_dir, args.node_name.as_deref())?;
+    let instance_id = identity::instance_id(&args.data_dir)?;
     let fence = Arc::new(Fence::load(&args.data_dir)?);
     let driver: Arc<dyn Driver> = match args.driver {
-        DriverKind::Container => {
-            Arc::new(ContainerDriver::connect(args.engine.as_deref(), &args.data_dir).await?)
-        }
+        DriverKind::Container => Arc::new(
+            ContainerDriver::connect(args.engine.as_deref(), &args.data_dir)
+                .await?
+                .with_pull_timeout(args.pull_timeout),
+        ),
         DriverKind::Memory => Arc::new(MemoryDriver::new()),
     };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let data_addr = listener.local_addr()?.to_string();
+    let data_addr = advertised(args.advertise_addr.as_deref(), listener.local_addr()?)?;
     tracing::info!(node = %node_name, driver = driver.kind(), %data_addr, highest_term = fence.highest(), "berth-agent starting");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -93,6 +103,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = SessionConfig {
         control: args.control,
         node_name,
+        instance_id,
         data_addr,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         memory_bytes: memory_bytes(),
@@ -128,6 +139,56 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The AgentData address to advertise: the flag, else the bound listen
+/// address, which must then be one others can dial.
+fn advertised(flag: Option<&str>, bound: SocketAddr) -> anyhow::Result<String> {
+    match flag {
+        Some(addr) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .with_context(|| format!("--advertise-addr {addr:?} must be host:port"))?;
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .with_context(|| format!("--advertise-addr {addr:?} has no valid port"))?;
+            let unspecified = host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified());
+            if host.is_empty() || unspecified {
+                anyhow::bail!("--advertise-addr {addr:?} must name a host others can reach");
+            }
+            Ok(format!("{host}:{port}"))
+        }
+        None if bound.ip().is_unspecified() => anyhow::bail!(
+            "--listen {bound} is unspecified; give --advertise-addr HOST:PORT that the control plane can reach"
+        ),
+        None => Ok(bound.to_string()),
+    }
+}
+
+/// "10m", "90s", "1500ms", or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (e.g. 10m, 90s)"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("invalid duration unit in {text:?} (ms, s, m or h)")),
+    };
+    if ms == 0 {
+        return Err("the duration must be positive".to_string());
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 /// Total memory from /proc/meminfo (0 if unknown).
 fn memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -138,4 +199,39 @@ fn memory_bytes() -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_address_is_never_unspecified() {
+        let any: SocketAddr = "0.0.0.0:7101".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        assert_eq!(advertised(None, lo).unwrap(), "127.0.0.1:7101");
+        assert!(advertised(None, any).is_err());
+        assert_eq!(
+            advertised(Some("10.0.0.5:7101"), any).unwrap(),
+            "10.0.0.5:7101"
+        );
+        assert_eq!(
+            advertised(Some("node-a.lan:80"), any).unwrap(),
+            "node-a.lan:80"
+        );
+        for bad in ["0.0.0.0:7101", "[::]:7101", "host", "host:0", ":80"] {
+            assert!(advertised(Some(bad), lo).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m").unwrap().as_secs(), 600);
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("1500ms").unwrap().as_millis(), 1500);
+        assert_eq!(parse_duration("7").unwrap().as_secs(), 7);
+        for bad in ["", "0s", "5d", "m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -42,6 +42,8 @@ pub struct SessionConfig {
     /// Control node addresses (`host:port` or `http://host:port`).
     pub control: Vec<String>,
     pub node_name: String,
+    /// This agent instance's persisted random id.
+    pub instance_id: String,
     /// `host:port` of this agent's AgentData service.
     pub data_addr: String,
     pub cpus: u32,
@@ -73,6 +75,8 @@ pub enum SessionError {
     Protocol(String),
     #[error("control node at term {term} is behind our highest term {highest}; not a leader")]
     StaleLeader { term: u64, highest: u64 },
+    #[error("the leader refused this agent: {0}")]
+    Refused(String),
     #[error(transparent)]
     Fence(#[from] crate::fence::FenceError),
 }
@@ -89,12 +93,12 @@ pub struct Session {
     cfg: SessionConfig,
     driver: Arc<dyn Driver>,
     fence: Arc<Fence>,
-    runner: CommandRunner,
+    runner: Arc<CommandRunner>,
 }
 
 impl Session {
     pub fn new(cfg: SessionConfig, driver: Arc<dyn Driver>, fence: Arc<Fence>) -> Self {
-        let runner = CommandRunner::new(driver.clone(), fence.clone());
+        let runner = Arc::new(CommandRunner::new(driver.clone(), fence.clone()));
         Self {
             cfg,
             driver,
@@ -138,6 +142,11 @@ impl Session {
                 }
                 Ok(Outcome::Ended) => {
                     tracing::warn!(%addr, "control session ended");
+                    true
+                }
+                Err(e @ SessionError::Refused(_)) => {
+                    tracing::error!(%addr, error = %e, "not accepted by the control plane; retrying");
+                    backoff = BACKOFF_MAX;
                     true
                 }
                 Err(e) => {
@@ -188,6 +197,7 @@ impl Session {
             inventory: inventory.clone(),
             highest_term: self.fence.highest(),
             inventory_seq,
+            instance_id: self.cfg.instance_id.clone(),
         };
         let _ = tx
             .send(message(agent_message::Msg::Register(register)))
@@ -202,6 +212,7 @@ impl Session {
         let accepted = match first.and_then(|m| m.msg) {
             Some(control_message::Msg::Redirect(r)) => return Ok(Outcome::Redirected(r)),
             Some(control_message::Msg::Registered(r)) => r,
+            Some(control_message::Msg::Refused(r)) => return Err(SessionError::Refused(r.reason)),
             other => {
                 return Err(SessionError::Protocol(format!(
                     "expected Registered or Redirect first, got {other:?}"
@@ -221,6 +232,7 @@ impl Session {
 
         let heartbeat = tokio::spawn(heartbeats(
             self.driver.clone(),
+            self.runner.clone(),
             tx.clone(),
             inventory,
             inventory_seq,
@@ -231,6 +243,9 @@ impl Session {
                 Some(control_message::Msg::Command(c)) => self.runner.submit(c, tx.clone()).await,
                 Some(control_message::Msg::Redirect(r)) => return Ok(Outcome::Redirected(r)),
                 Some(control_message::Msg::Registered(r)) => self.fence.observe(r.term)?,
+                Some(control_message::Msg::Refused(r)) => {
+                    return Err(SessionError::Refused(r.reason))
+                }
                 None => {}
             }
         }
@@ -243,6 +258,7 @@ impl Session {
 /// empty one would read as "everything vanished").
 async fn heartbeats(
     driver: Arc<dyn Driver>,
+    runner: Arc<CommandRunner>,
     tx: mpsc::Sender<AgentMessage>,
     mut last: Vec<Observed>,
     mut last_seq: u64,
@@ -261,8 +277,10 @@ async fn heartbeats(
             }
             Err(e) => tracing::warn!(error = %e, "inventory failed; repeating the last one"),
         }
+        let mut inventory = last.clone();
+        runner.annotate(&mut inventory);
         let hb = Heartbeat {
-            inventory: last.clone(),
+            inventory,
             seq: last_seq,
         };
         if tx

@@ -88,7 +88,7 @@ async fn lifecycle(name: &str) {
     let stopped = d.stop(name, "uid-1").await.unwrap();
     assert_eq!(stopped.state, ContainerState::Exited as i32, "{stopped:?}");
     assert_eq!(stopped.container_id, recreated.container_id);
-    let not_running = d.exec(name, vec!["true".into()]).await.err();
+    let not_running = d.exec(name, "", vec!["true".into()]).await.err();
     assert!(matches!(not_running, Some(DriverError::NotRunning { .. })));
     assert!(matches!(
         d.stop(name, "someone-else").await,
@@ -105,7 +105,7 @@ async fn lifecycle(name: &str) {
     assert_eq!(updated.revision, 2);
     assert_ne!(updated.container_id, restarted.container_id);
     assert_eq!(sh(&d, name, "cat /sandbox/work.txt").await.0, "work\n");
-    let mut logs = d.logs(name, false).await.unwrap();
+    let mut logs = d.logs(name, "", false).await.unwrap();
     while let Some(chunk) = logs.next().await {
         chunk.unwrap();
     }
@@ -125,6 +125,7 @@ async fn lifecycle(name: &str) {
         uid: "uid-1".into(),
         volume: vol.clone(),
         keep_volume: true,
+        ..Default::default()
     };
     for _ in 0..2 {
         let kept = d2.remove(&remove).await.unwrap();
@@ -173,7 +174,7 @@ async fn missing_image_creates_nothing() {
     let seen = d.inventory().await.unwrap();
     assert!(seen.iter().all(|o| o.name != name), "{seen:?}");
     assert!(matches!(
-        d.exec(&name, vec!["true".into()]).await,
+        d.exec(&name, "", vec!["true".into()]).await,
         Err(DriverError::NotFound { .. })
     ));
 }

@@ -54,6 +54,7 @@ fn pull_cmd(name: &str, image: &str) -> Command {
         op: Some(Op::Pull(Pull {
             name: name.into(),
             image: image.into(),
+            uid: String::new(),
         })),
     }
 }
@@ -189,6 +190,7 @@ async fn update_then_rollback_keeps_the_volume_and_its_policy() {
             uid: "uid-1".into(),
             volume: volume_of(&name),
             keep_volume: true,
+            ..Default::default()
         };
         assert!(d.remove(&remove).await.unwrap().volume_present);
         assert!(policy_files(&data).is_empty());

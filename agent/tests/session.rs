@@ -85,6 +85,7 @@ fn pull(id: u64, term: u64) -> Down {
         op: Some(Op::Pull(Pull {
             name: "s1".into(),
             image: "img:v2".into(),
+            uid: "u1".into(),
         })),
     })
 }
@@ -123,6 +124,7 @@ async fn scenario() {
     let cfg = SessionConfig {
         control: vec![follower.clone(), leader.clone()],
         node_name: "node-a".into(),
+        instance_id: "instance-a".into(),
         data_addr: "127.0.0.1:7101".into(),
         cpus: 2,
         memory_bytes: 1 << 30,

@@ -56,6 +56,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     client
         .stop_sandbox(StopSandboxRequest {
             name: names[0].clone(),
+            request_id: String::new(),
         })
         .await?;
     loop {

@@ -82,6 +82,8 @@ pub async fn run(rounds: usize) -> anyhow::Result<()> {
                 health_timeout_ms: Some(60_000),
                 min_healthy_ms: Some(0),
                 no_auto_rollback: false,
+                request_id: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner();

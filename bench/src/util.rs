@@ -30,6 +30,8 @@ pub async fn create_all(
                     .create_sandbox(CreateSandboxRequest {
                         name,
                         spec: Some(spec),
+                        request_id: String::new(),
+                        ..Default::default()
                     })
                     .await?;
                 Ok(())

@@ -13,6 +13,12 @@ use crate::Failure;
 /// answer (for example "no quorum") arrives before the client gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// A fresh idempotency key for one mutating request: the control plane
+/// applies a request id at most once, whoever retries it.
+pub fn request_id() -> String {
+    format!("cli-{}", uuid::Uuid::new_v4())
+}
+
 pub struct Control {
     channel: Channel,
 }

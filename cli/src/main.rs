@@ -9,6 +9,7 @@ mod local;
 mod operations;
 mod output;
 mod sandbox;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     /// Node agents.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Workspace volumes kept from deleted sandboxes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Start a local cluster in the background.
     Up {
         /// Number of control nodes.
@@ -81,6 +85,9 @@ enum Command {
 enum NodeCommand {
     /// Agents known to the cluster and whether they are Ready.
     List,
+    /// Let a new agent instance take over a node name (after the machine
+    /// was rebuilt or its data dir restored); the old agent must be stopped.
+    Replace { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +170,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Sandbox(command) => {
             let control = Control::connect(&cli.control).await?;
             sandbox::run(control, cli.output, command).await
+        }
+        Command::Volume(command) => {
+            let control = Control::connect(&cli.control).await?;
+            volume::run(control, cli.output, command).await
+        }
+        Command::Node(NodeCommand::Replace { name }) => {
+            let control = Control::connect(&cli.control).await?;
+            let agent = control
+                .cluster()
+                .replace_node(berth_proto::v1::ReplaceNodeRequest { name })
+                .await?
+                .into_inner();
+            match cli.output {
+                Format::Json => output::print_agents(cli.output, &[agent]),
+                Format::Table => println!(
+                    "node {}: the next agent to register under this name is accepted",
+                    agent.name
+                ),
+            }
+            Ok(0)
         }
         Command::Node(NodeCommand::List) => {
             let control = Control::connect(&cli.control).await?;

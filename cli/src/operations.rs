@@ -14,6 +14,7 @@ use berth_proto::v1::{
 };
 use tonic::transport::Channel;
 
+use crate::client::request_id;
 use crate::output::{self, Format};
 use crate::sandbox::{parse_env, read_policy};
 use crate::Failure;
@@ -31,6 +32,9 @@ pub struct UpdateArgs {
     /// Environment variable K=V to set (repeatable; merged over the current env).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Environment variable to remove (repeatable).
+    #[arg(long = "unset-env", value_name = "KEY")]
+    pub unset_env: Vec<String>,
     /// The new revision must be healthy within this long (e.g. 60s, 2m).
     #[arg(long, value_parser = parse_duration)]
     pub health_timeout: Option<Duration>,
@@ -101,6 +105,7 @@ pub fn operation_json(op: &Operation) -> serde_json::Value {
         "updated_at_unix_ms": op.updated_at_unix_ms,
         "reason": op.reason,
         "terminal": op.terminal,
+        "progress": op.progress,
     })
 }
 
@@ -140,6 +145,8 @@ pub async fn update(
         health_timeout_ms: args.health_timeout.map(|d| d.as_millis() as u64),
         min_healthy_ms: args.min_healthy.map(|d| d.as_millis() as u64),
         no_auto_rollback: args.no_auto_rollback,
+        request_id: request_id(),
+        unset_env: args.unset_env,
     };
     let op = client.update_sandbox(request).await?.into_inner();
     if !args.wait {
@@ -157,7 +164,11 @@ pub async fn rollback(
     wait_for_end: bool,
 ) -> Result<u8, Failure> {
     let op = client
-        .rollback_sandbox(RollbackSandboxRequest { name, to_revision })
+        .rollback_sandbox(RollbackSandboxRequest {
+            name,
+            to_revision,
+            request_id: request_id(),
+        })
         .await?
         .into_inner();
     if !wait_for_end {
@@ -187,16 +198,22 @@ async fn wait(
         })
         .await?
         .into_inner();
-    let mut last_phase = -1;
+    let mut last_seen = (-1, String::new());
     let mut last = op.clone();
     while let Some(sandbox) = stream.message().await? {
         let Some(current) = sandbox.operation.filter(|o| o.id == op.id) else {
             continue;
         };
-        if current.phase != last_phase {
-            last_phase = current.phase;
+        let seen = (current.phase, current.progress.clone());
+        if seen != last_seen {
+            last_seen = seen;
+            let progress = if current.progress.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", current.progress)
+            };
             let line = format!(
-                "{} {}: revision {} -> {}: {}",
+                "{} {}: revision {} -> {}: {}{progress}",
                 current.kind,
                 current.sandbox,
                 current.from_revision,

@@ -59,7 +59,7 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
 }
 
 /// Prints rows with columns padded to their widest cell.
-fn print_table(rows: &[Vec<String>]) {
+pub fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -184,7 +184,8 @@ pub fn print_agents(format: Format, agents: &[berth_proto::v1::Agent]) {
                 .iter()
                 .map(|a| {
                     json!({ "name": a.name, "driver": a.driver, "ready": a.ready, "message": a.message,
-                            "sandboxes": a.sandboxes, "data_addr": a.data_addr })
+                            "sandboxes": a.sandboxes, "data_addr": a.data_addr,
+                            "instance_id": a.instance_id })
                 })
                 .collect();
             println!("{}", Value::Array(list));

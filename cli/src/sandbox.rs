@@ -12,7 +12,7 @@ use berth_proto::v1::{
 };
 use clap::Subcommand;
 
-use crate::client::Control;
+use crate::client::{request_id, Control};
 use crate::output::{self, Format};
 use crate::Failure;
 
@@ -33,6 +33,9 @@ pub enum SandboxCommand {
         /// Environment variable K=V (repeatable).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
+        /// Adopt this kept volume as the workspace (see `berth volume list`).
+        #[arg(long)]
+        volume: Option<String>,
     },
     /// Show one sandbox.
     Get { name: String },
@@ -121,6 +124,7 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
             image,
             policy,
             env,
+            volume,
         } => {
             let policy = policy.as_ref().map(read_policy).transpose()?;
             let spec = SandboxSpec {
@@ -132,6 +136,8 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
                 .create_sandbox(CreateSandboxRequest {
                     name,
                     spec: Some(spec),
+                    request_id: request_id(),
+                    volume: volume.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -163,6 +169,7 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
                 .delete_sandbox(DeleteSandboxRequest {
                     name: name.clone(),
                     keep_volume,
+                    request_id: request_id(),
                 })
                 .await?
                 .into_inner();
@@ -181,14 +188,20 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
         }
         SandboxCommand::Stop { name } => {
             let sandbox = client
-                .stop_sandbox(StopSandboxRequest { name })
+                .stop_sandbox(StopSandboxRequest {
+                    name,
+                    request_id: request_id(),
+                })
                 .await?
                 .into_inner();
             output::print_sandboxes(format, &[sandbox], false);
         }
         SandboxCommand::Start { name } => {
             let sandbox = client
-                .start_sandbox(StartSandboxRequest { name })
+                .start_sandbox(StartSandboxRequest {
+                    name,
+                    request_id: request_id(),
+                })
                 .await?
                 .into_inner();
             output::print_sandboxes(format, &[sandbox], false);

@@ -270,6 +270,8 @@ async fn server_refuses_oversized_policy_sent_directly() -> anyhow::Result<()> {
                 policy: Some(format!("k: \"{}\"\n", "x".repeat(65 * 1024))),
                 env: Default::default(),
             }),
+            request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -279,6 +281,8 @@ async fn server_refuses_oversized_policy_sent_directly() -> anyhow::Result<()> {
         .create_sandbox(berth_proto::v1::CreateSandboxRequest {
             name: "p".into(),
             spec: None,
+            request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -42,7 +42,9 @@ impl From<ApiError> for Status {
             }
             ApiError::Node(node) => match node {
                 NodeError::NotLeader { .. } => Status::unavailable("no leader available"),
-                NodeError::Unavailable(msg) => Status::unavailable(msg),
+                NodeError::Unavailable(msg) | NodeError::NotSent(msg) => Status::unavailable(msg),
+                // Only the leader's own actors propose with a term.
+                NodeError::StaleTerm(msg) => Status::unavailable(msg),
                 NodeError::InvalidArgument(msg) => Status::invalid_argument(msg),
                 NodeError::NotFound(msg) => Status::not_found(msg),
                 NodeError::AlreadyExists(msg) => Status::already_exists(msg),

@@ -65,6 +65,9 @@ struct Args {
     /// Bound on client operations, in milliseconds.
     #[arg(long, default_value_t = 5000, hide = true)]
     request_timeout_ms: u64,
+    /// Revisions kept per sandbox besides the stable ones (0: keep all).
+    #[arg(long, default_value_t = 20)]
+    keep_revisions: u32,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -144,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         leadership,
         listener,
         shutdown_signal(),
+        args.keep_revisions,
     ));
 
     if node.is_initialized().await? {

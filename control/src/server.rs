@@ -25,6 +25,7 @@ pub async fn serve(
     leadership: Leadership,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    keep_revisions: u32,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -42,7 +43,10 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(SandboxServiceServer::new(SandboxApi::new(node.clone())))
+        .add_service(SandboxServiceServer::new(SandboxApi::new(
+            node.clone(),
+            keep_revisions,
+        )))
         .add_service(ClusterServiceServer::new(ClusterApi::new(
             node.clone(),
             leadership.clone(),

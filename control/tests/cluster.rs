@@ -24,6 +24,8 @@ async fn create(cluster: &TestCluster, via: u64, name: &str) -> anyhow::Result<(
                 policy: None,
                 env: HashMap::new(),
             }),
+            request_id: String::new(),
+            ..Default::default()
         })
         .await?;
     Ok(())

@@ -66,6 +66,8 @@ async fn create(cluster: &TestCluster, via: u64, name: &str) -> anyhow::Result<(
                 policy: None,
                 env: HashMap::new(),
             }),
+            request_id: String::new(),
+            ..Default::default()
         })
         .await?;
     Ok(())
@@ -105,6 +107,7 @@ impl AgentControl for DeposedLeader {
             env: Default::default(),
             policy: None,
             volume: format!("berth-{}-deposed", self.sandbox),
+            ..Default::default()
         };
         let _ = tx
             .send(send(control_message::Msg::Command(Command {
@@ -226,5 +229,73 @@ async fn a_deposed_leader_cannot_make_an_agent_act() -> anyhow::Result<()> {
         Some(before),
         "first sandbox touched"
     );
+    Ok(())
+}
+
+/// Invariant 3 mid-update: the leader is paused (SIGSTOP) while an update
+/// is in Verifying, a new leader finishes it, then the old one resumes with
+/// its actor tree's state from before. Nothing it does reaches the agent or
+/// the log: its actors are killed as soon as it learns of the new term,
+/// anything they still propose carries the old term (refused by the state
+/// machine), and agents refuse its commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_mid_update_changes_nothing_when_it_resumes() -> anyhow::Result<()> {
+    use berth_proto::v1::{OperationPhase, UpdateSandboxRequest};
+    use berth_testkit::api::{get, wait_until};
+    podman::ensure_test_image()?;
+    let mut cluster = TestCluster::start(3).await?;
+    cluster.start_agent(NODE)?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let name = cluster.track(&format!("fence-up-{}", std::process::id()));
+    create(&cluster, leader, &name).await?;
+    wait_running(&cluster, leader, &name).await?;
+    let mut client = cluster.sandboxes(leader).await?;
+    client
+        .update_sandbox(UpdateSandboxRequest {
+            name: name.clone(),
+            image: Some(podman::TEST_IMAGE_V2.to_string()),
+            min_healthy_ms: Some(4_000),
+            health_timeout_ms: Some(60_000),
+            ..Default::default()
+        })
+        .await?;
+    wait_until(&mut cluster, &name, Duration::from_secs(60), |s| {
+        s.operation
+            .as_ref()
+            .is_some_and(|o| o.phase == OperationPhase::Verifying as i32)
+    })
+    .await?;
+
+    // Paused mid-Verifying; the others elect a leader that finishes it.
+    cluster.process(leader).expect("leader").pause()?;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let new_leader = cluster
+        .wait_for_leader_among(&others, Duration::from_secs(20))
+        .await?;
+    let done = wait_until(&mut cluster, &name, Duration::from_secs(60), |s| {
+        s.operation.as_ref().is_some_and(|o| o.terminal)
+    })
+    .await?;
+    let op = done.operation.clone().unwrap();
+    assert_eq!(op.phase, OperationPhase::Succeeded as i32, "{op:?}");
+    let container = podman::container(&name)?.expect("container");
+
+    // The old leader resumes: nothing changes, on the node or in the log.
+    cluster.process(leader).expect("leader").resume()?;
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let now = get(&mut cluster, &name).await?.expect("sandbox");
+        assert_eq!(now.operation, done.operation, "the operation changed");
+        assert_eq!(
+            (now.revision, now.phase, now.container_id.as_str()),
+            (done.revision, done.phase, done.container_id.as_str()),
+            "the record changed"
+        );
+        assert_eq!(podman::container(&name)?.as_ref(), Some(&container));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(podman::containers_of(&name)?.len(), 1);
+    let status = cluster.status(new_leader).await?;
+    assert_ne!(status.leader_id, 0);
     Ok(())
 }

@@ -104,6 +104,7 @@ async fn a_new_leader_adopts_running_sandboxes_without_touching_them() -> anyhow
     client
         .stop_sandbox(StopSandboxRequest {
             name: stopped.clone(),
+            request_id: String::new(),
         })
         .await?;
     wait_phase(
@@ -218,7 +219,10 @@ async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() ->
     while logs.message().await?.is_some() {}
 
     client
-        .stop_sandbox(StopSandboxRequest { name: name.clone() })
+        .stop_sandbox(StopSandboxRequest {
+            name: name.clone(),
+            request_id: String::new(),
+        })
         .await?;
     wait_phase(&mut cluster, &name, Phase::Stopped, Duration::from_secs(30)).await?;
     assert_eq!(podman::container(&name)?.map(|c| c.running), Some(false));
@@ -227,7 +231,10 @@ async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() ->
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 
     client
-        .start_sandbox(StartSandboxRequest { name: name.clone() })
+        .start_sandbox(StartSandboxRequest {
+            name: name.clone(),
+            request_id: String::new(),
+        })
         .await?;
     wait_phase(&mut cluster, &name, Phase::Running, Duration::from_secs(30)).await?;
     let restarted = podman::container(&name)?.expect("container");
@@ -238,6 +245,7 @@ async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() ->
         .delete_sandbox(DeleteSandboxRequest {
             name: name.clone(),
             keep_volume: false,
+            request_id: String::new(),
         })
         .await?;
     wait_gone(&mut cluster, &name).await?;
@@ -250,6 +258,7 @@ async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() ->
         .delete_sandbox(DeleteSandboxRequest {
             name: kept.clone(),
             keep_volume: true,
+            request_id: String::new(),
         })
         .await?;
     wait_gone(&mut cluster, &kept).await?;
@@ -298,6 +307,7 @@ async fn a_missing_image_fails_clearly_and_unknown_sandboxes_are_not_found() -> 
     let err = client
         .stop_sandbox(StopSandboxRequest {
             name: "no-such-sandbox".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap_err();

@@ -54,6 +54,8 @@ fn update_to(name: &str, image: Option<&str>, policy: Option<&str>) -> UpdateSan
         health_timeout_ms: Some(30_000),
         min_healthy_ms: Some(1_500),
         no_auto_rollback: false,
+        request_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -250,6 +252,7 @@ async fn manual_rollback_to_a_revision_and_during_an_update() -> anyhow::Result<
         .rollback_sandbox(RollbackSandboxRequest {
             name: name.clone(),
             to_revision: Some(1),
+            request_id: String::new(),
         })
         .await?
         .into_inner();
@@ -268,6 +271,7 @@ async fn manual_rollback_to_a_revision_and_during_an_update() -> anyhow::Result<
         .rollback_sandbox(RollbackSandboxRequest {
             name: name.clone(),
             to_revision: Some(1),
+            request_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -298,6 +302,7 @@ async fn manual_rollback_to_a_revision_and_during_an_update() -> anyhow::Result<
         .rollback_sandbox(RollbackSandboxRequest {
             name: name.clone(),
             to_revision: None,
+            request_id: String::new(),
         })
         .await?;
     let done = wait_terminal(&mut cluster, &name).await?;

@@ -23,6 +23,12 @@ use serde::{Deserialize, Serialize};
 
 /// Largest accepted policy document.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+/// Most variables in a policy's `env`.
+pub const MAX_POLICY_ENV: usize = 256;
+/// Longest env name or value, and readiness argument, in a policy.
+pub const MAX_POLICY_STRING: usize = 4096;
+/// Most arguments of `readiness.command`.
+pub const MAX_READINESS_ARGS: usize = 64;
 /// Where agents mount the policy inside the sandbox (read-only).
 pub const POLICY_MOUNT_PATH: &str = "/etc/berth/policy.yaml";
 
@@ -140,6 +146,35 @@ impl Policy {
             if !ok {
                 return Err(invalid(format!(
                     "runAsUser {user:?} must be uid or uid:gid (numbers)"
+                )));
+            }
+        }
+        if self.env.len() > MAX_POLICY_ENV {
+            return Err(invalid(format!(
+                "env holds more than {MAX_POLICY_ENV} variables"
+            )));
+        }
+        if let Some(user) = &self.run_as_user {
+            if user.len() > 32 {
+                return Err(invalid("runAsUser is longer than 32 characters"));
+            }
+        }
+        for (key, value) in &self.env {
+            if key.len() > MAX_POLICY_STRING || value.len() > MAX_POLICY_STRING {
+                return Err(invalid(format!(
+                    "env {key:?}: names and values are at most {MAX_POLICY_STRING} bytes"
+                )));
+            }
+        }
+        if let Some(readiness) = &self.readiness {
+            let too_long = readiness.command.len() > MAX_READINESS_ARGS
+                || readiness
+                    .command
+                    .iter()
+                    .any(|a| a.len() > MAX_POLICY_STRING);
+            if too_long {
+                return Err(invalid(format!(
+                    "readiness.command: at most {MAX_READINESS_ARGS} arguments of at most {MAX_POLICY_STRING} bytes"
                 )));
             }
         }

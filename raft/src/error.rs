@@ -16,6 +16,11 @@ pub enum NodeError {
     /// No leader, no quorum, or the leader is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// Refused before it was proposed or sent (the leader could not be
+    /// connected to, or has not heard from a quorum): surely did not run,
+    /// so it is retried; surfaces as `Unavailable` once the deadline passes.
+    #[error("{0}")]
+    NotSent(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -24,6 +29,10 @@ pub enum NodeError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A command proposed for a leadership term that is not the term of
+    /// the log entry carrying it: a deposed leader's actor. Never applied.
+    #[error("stale leadership term: {0}")]
+    StaleTerm(String),
     /// Storage or Raft failure on this node.
     #[error("internal error: {0}")]
     Internal(String),
@@ -35,6 +44,8 @@ impl From<Rejection> for NodeError {
             RejectionKind::AlreadyExists => NodeError::AlreadyExists(r.message),
             RejectionKind::NotFound => NodeError::NotFound(r.message),
             RejectionKind::FailedPrecondition => NodeError::FailedPrecondition(r.message),
+            RejectionKind::InvalidArgument => NodeError::InvalidArgument(r.message),
+            RejectionKind::StaleTerm => NodeError::StaleTerm(r.message),
         }
     }
 }

@@ -24,8 +24,8 @@ use std::io::Cursor;
 
 pub use error::NodeError;
 pub use model::{
-    Command, CommandResponse, Desired, NodeRecord, Phase, Rejection, RejectionKind, SandboxRecord,
-    SandboxSpec, State,
+    Command, CommandResponse, Desired, NodeRecord, Phase, Proposal, Rejection, RejectionKind,
+    SandboxRecord, SandboxSpec, State,
 };
 pub use node::{NodeConfig, RaftNode};
 
@@ -33,9 +33,10 @@ pub use node::{NodeConfig, RaftNode};
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// openraft types for berth: commands in, command responses out.
+    /// openraft types for berth: proposals (commands with their term and
+    /// request id) in, command responses out.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResponse,
         NodeId = NodeId,
         Node = openraft::BasicNode,

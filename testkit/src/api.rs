@@ -33,6 +33,8 @@ pub async fn create(cluster: &mut TestCluster, name: &str, image: &str) -> anyho
         .create_sandbox(CreateSandboxRequest {
             name: name.to_string(),
             spec: Some(spec),
+            request_id: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner())

@@ -268,6 +268,20 @@ impl TestCluster {
         control: &str,
         driver: &str,
     ) -> anyhow::Result<()> {
+        self.start_agent_as(name, name, control, driver)
+    }
+
+    /// Starts an agent process tracked as `slot` (its data dir and log are
+    /// named after the slot) that claims the node name `node_name`: two
+    /// slots with one node name are two machines claiming one identity.
+    pub fn start_agent_as(
+        &mut self,
+        slot: &str,
+        node_name: &str,
+        control: &str,
+        driver: &str,
+    ) -> anyhow::Result<()> {
+        let name = slot;
         let addr = match self.agents.get(name) {
             Some(slot) => slot.addr.clone(),
             None => format!("127.0.0.1:{}", free_port()?),
@@ -276,7 +290,7 @@ impl TestCluster {
             "--control".to_string(),
             control.to_string(),
             "--node-name".to_string(),
-            name.to_string(),
+            node_name.to_string(),
             "--data-dir".to_string(),
             self.dir
                 .path()

@@ -41,13 +41,16 @@ use super::container_observed::{
 };
 pub use super::container_observed::{LABEL_REVISION, LABEL_SANDBOX, LABEL_UID, LABEL_VOLUME};
 use super::container_policy::{self, POLICY_SUBDIR};
-use super::{container_name, validate_name, Driver, DriverError, ExecStream, LogStream};
+use super::{
+    container_name, validate_name, volume_owner, Driver, DriverError, ExecStream, LogStream,
+};
 
 /// Written into a volume once the image's `/sandbox` has been copied in.
 pub const SEED_SENTINEL: &str = ".berth-seeded";
 /// Where the workspace volume is mounted.
 pub const MOUNT_POINT: &str = "/sandbox";
-const PULL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default bound on one image pull (the agent's `--pull-timeout`).
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT_SECS: i32 = 10;
 
 /// Runs sandboxes through the Docker Engine API (Docker or Podman).
@@ -56,6 +59,9 @@ pub struct ContainerDriver {
     ulimits: Vec<ResourcesUlimits>,
     /// Where policy documents are written for bind-mounting.
     policy_dir: PathBuf,
+    pull_timeout: Duration,
+    /// Pulls in progress: image -> one line of progress.
+    pulls: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl ContainerDriver {
@@ -68,7 +74,23 @@ impl ContainerDriver {
             docker,
             ulimits: super::limits::container_ulimits(engine_socket),
             policy_dir: data_dir.join(POLICY_SUBDIR),
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
+            pulls: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn set_progress(&self, image: &str, line: Option<String>) {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        match line {
+            Some(line) => pulls.insert(image.to_string(), line),
+            None => pulls.remove(image),
+        };
+    }
+
+    /// Bounds every image pull by `timeout` instead of the default.
+    pub fn with_pull_timeout(mut self, timeout: Duration) -> Self {
+        self.pull_timeout = timeout;
+        self
     }
 
     /// Find or start the engine (see [`super::engine::discover`]).
@@ -147,16 +169,24 @@ impl ContainerDriver {
             opts = opts.tag("latest"); // never "all tags"
         }
         let pull = self.docker.create_image(Some(opts.build()), None, None);
-        let drained = tokio::time::timeout(PULL_TIMEOUT, async {
+        let mut layers = PullLayers::default();
+        self.set_progress(image, Some("starting".to_string()));
+        let drained = tokio::time::timeout(self.pull_timeout, async {
             futures::pin_mut!(pull);
             while let Some(item) = pull.next().await {
-                item?;
+                let info = item?;
+                layers.record(&info);
+                self.set_progress(image, Some(layers.line()));
             }
             Ok::<_, EngineError>(())
         })
         .await;
+        self.set_progress(image, None);
         match drained {
-            Err(_) => Err(not_found(format!("pull timed out after {PULL_TIMEOUT:?}"))),
+            Err(_) => Err(not_found(format!(
+                "pull timed out after {:?} (the agent's --pull-timeout)",
+                self.pull_timeout
+            ))),
             Ok(Err(e)) => Err(not_found(engine_reason(&e))),
             Ok(Ok(())) => match self.docker.inspect_image(image).await {
                 Ok(_) => Ok(()),
@@ -195,14 +225,25 @@ impl ContainerDriver {
         }
     }
 
-    /// Create the volume if missing; whether it has been seeded already.
+    /// The volume must exist already when the sandbox has run on it:
+    /// never start a container that would get an empty one in its place.
+    async fn require_volume(&self, e: &Ensure) -> Result<(), DriverError> {
+        if e.volume_expected && self.volume(&e.volume).await?.is_none() {
+            return Err(DriverError::VolumeLost {
+                name: e.name.clone(),
+                volume: e.volume.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Create the volume if missing (unless it is expected to exist: then
+    /// it is lost); whether it has been seeded already.
     async fn ensure_volume(&self, e: &Ensure) -> Result<bool, DriverError> {
+        let owner = volume_owner(&e.volume_uid, &e.uid);
         if let Some((mountpoint, labels)) = self.volume(&e.volume).await? {
             // Never mount another sandbox's workspace.
-            if labels
-                .get(LABEL_SANDBOX)
-                .is_some_and(|owner| *owner != e.name)
-            {
+            if !owned_by(&labels, &e.name, owner) {
                 return Err(DriverError::ForeignVolume {
                     name: e.name.clone(),
                     volume: e.volume.clone(),
@@ -210,9 +251,10 @@ impl ContainerDriver {
             }
             return Ok(Path::new(&mountpoint).join(SEED_SENTINEL).exists());
         }
+        self.require_volume(e).await?;
         let labels = HashMap::from([
             (LABEL_SANDBOX.to_string(), e.name.clone()),
-            (LABEL_UID.to_string(), e.uid.clone()),
+            (LABEL_UID.to_string(), owner.to_string()),
         ]);
         let req = VolumeCreateRequest {
             name: Some(e.volume.clone()),
@@ -363,6 +405,7 @@ impl Driver for ContainerDriver {
                 && label(c, LABEL_VOLUME) == e.volume;
             if same {
                 if !is_running(c) {
+                    self.require_volume(e).await?;
                     tracing::info!(sandbox = %e.name, "starting existing container");
                     self.write_policy(e)?; // its bind source, if the data dir lost it
                     self.start(&e.name, &e.volume).await?;
@@ -398,17 +441,23 @@ impl Driver for ContainerDriver {
 
     async fn remove(&self, r: &Remove) -> Result<Observed, DriverError> {
         let mut volume = r.volume.clone();
-        if let Some(c) = self.inspect(&r.name).await? {
-            check_uid(&r.name, &r.uid, &c)?;
-            if volume.is_empty() {
-                volume = label(&c, LABEL_VOLUME).to_string();
+        match self.inspect(&r.name).await? {
+            // Another sandbox of the same name (a new one, after this one
+            // was deleted with its volume kept): never touched.
+            Some(c) if !r.uid.is_empty() && label(&c, LABEL_UID) != r.uid => {}
+            Some(c) => {
+                if volume.is_empty() {
+                    volume = label(&c, LABEL_VOLUME).to_string();
+                }
+                self.remove_container(&r.name).await?;
+                container_policy::prune(&self.policy_dir, &r.name);
             }
-            self.remove_container(&r.name).await?;
+            None => container_policy::prune(&self.policy_dir, &r.name),
         }
-        container_policy::prune(&self.policy_dir, &r.name);
         if !r.keep_volume && !volume.is_empty() {
             if let Some((_, labels)) = self.volume(&volume).await? {
-                if labels.get(LABEL_SANDBOX) != Some(&r.name) {
+                let owner = volume_owner(&r.volume_uid, &r.uid);
+                if !owned_by(&labels, &r.name, owner) {
                     return Err(DriverError::ForeignVolume {
                         name: r.name.clone(),
                         volume,
@@ -430,11 +479,91 @@ impl Driver for ContainerDriver {
         self.observe(&r.name, &volume).await
     }
 
-    async fn exec(&self, name: &str, command: Vec<String>) -> Result<ExecStream, DriverError> {
-        self.exec_stream(name, command).await
+    async fn exec(
+        &self,
+        name: &str,
+        uid: &str,
+        command: Vec<String>,
+    ) -> Result<ExecStream, DriverError> {
+        self.exec_stream(name, uid, command).await
     }
 
-    async fn logs(&self, name: &str, follow: bool) -> Result<LogStream, DriverError> {
-        self.log_stream(name, follow).await
+    async fn logs(&self, name: &str, uid: &str, follow: bool) -> Result<LogStream, DriverError> {
+        self.log_stream(name, uid, follow).await
+    }
+
+    fn pull_progress(&self, image: &str) -> Option<String> {
+        let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        pulls.get(image).cloned()
+    }
+
+    async fn volume_size(&self, volume: &str) -> Result<u64, DriverError> {
+        validate_name("volume name", volume)?;
+        let Some((mountpoint, _)) = self.volume(volume).await? else {
+            return Err(DriverError::NotFound {
+                name: volume.to_string(),
+            });
+        };
+        let dir = PathBuf::from(mountpoint);
+        tokio::task::spawn_blocking(move || crate::fsutil::disk_usage(&dir))
+            .await
+            .map_err(|e| DriverError::Io {
+                op: "measure volume",
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| DriverError::Io {
+                op: "measure volume",
+                source,
+            })
+    }
+}
+
+/// What an image pull has reported so far, per layer.
+#[derive(Default)]
+struct PullLayers {
+    /// Layer id -> (bytes done, bytes total, finished).
+    layers: std::collections::BTreeMap<String, (i64, i64, bool)>,
+}
+
+impl PullLayers {
+    fn record(&mut self, info: &bollard::models::CreateImageInfo) {
+        let Some(id) = info.id.clone().filter(|id| !id.is_empty()) else {
+            return;
+        };
+        let entry = self.layers.entry(id).or_default();
+        if let Some(detail) = &info.progress_detail {
+            entry.0 = detail.current.unwrap_or(entry.0);
+            entry.1 = detail.total.unwrap_or(entry.1);
+        }
+        let status = info.status.as_deref().unwrap_or_default();
+        if status.contains("complete") || status.contains("Already exists") {
+            entry.2 = true;
+        }
+    }
+
+    /// "2/5 layers, 12.3/40.0 MB".
+    fn line(&self) -> String {
+        let done = self.layers.values().filter(|l| l.2).count();
+        let (current, total) = self
+            .layers
+            .values()
+            .fold((0i64, 0i64), |(c, t), l| (c + l.0.max(0), t + l.1.max(0)));
+        let mb = |b: i64| b as f64 / 1_000_000.0;
+        format!(
+            "{done}/{} layers, {:.1}/{:.1} MB",
+            self.layers.len(),
+            mb(current),
+            mb(total)
+        )
+    }
+}
+
+/// Whether a volume's labels say it belongs to sandbox `name` with `uid`:
+/// by uid when labelled with one (an adopted volume keeps the uid of the
+/// sandbox it was kept from), else by name.
+fn owned_by(labels: &HashMap<String, String>, name: &str, uid: &str) -> bool {
+    match labels.get(LABEL_UID) {
+        Some(owner) if !owner.is_empty() => owner == uid,
+        _ => labels.get(LABEL_SANDBOX).is_none_or(|owner| owner == name),
     }
 }

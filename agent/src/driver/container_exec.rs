@@ -14,31 +14,40 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::container_driver::ContainerDriver;
-use super::container_observed::{engine, is_running};
-use super::{container_name, DriverError, ExecStream, LogStream};
+use super::container_observed::{engine, is_running, label, LABEL_UID};
+use super::{container_name, validate_name, DriverError, ExecStream, LogStream};
 
 /// How long to wait for the engine to report an exit code after the output
 /// has ended.
 const EXIT_CODE_WAIT: Duration = Duration::from_secs(5);
 
 impl ContainerDriver {
-    async fn require_running(&self, name: &str) -> Result<(), DriverError> {
+    /// The sandbox's container, if it is there under `name` with `uid`
+    /// (any uid when empty): a container of another sandbox is NotFound.
+    async fn sandbox_container(
+        &self,
+        name: &str,
+        uid: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse, DriverError> {
+        validate_name("sandbox name", name)?;
         match self.inspect(name).await? {
-            None => Err(DriverError::NotFound { name: name.into() }),
-            Some(c) if !is_running(&c) => Err(DriverError::NotRunning { name: name.into() }),
-            Some(_) => Ok(()),
+            Some(c) if uid.is_empty() || label(&c, LABEL_UID) == uid => Ok(c),
+            _ => Err(DriverError::NotFound { name: name.into() }),
         }
     }
 
     pub(super) async fn exec_stream(
         &self,
         name: &str,
+        uid: &str,
         command: Vec<String>,
     ) -> Result<ExecStream, DriverError> {
         if command.is_empty() {
             return Err(DriverError::Invalid("exec command is empty".into()));
         }
-        self.require_running(name).await?;
+        if !is_running(&self.sandbox_container(name, uid).await?) {
+            return Err(DriverError::NotRunning { name: name.into() });
+        }
         let config = ExecConfig {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -91,11 +100,10 @@ impl ContainerDriver {
     pub(super) async fn log_stream(
         &self,
         name: &str,
+        uid: &str,
         follow: bool,
     ) -> Result<LogStream, DriverError> {
-        if self.inspect(name).await?.is_none() {
-            return Err(DriverError::NotFound { name: name.into() });
-        }
+        self.sandbox_container(name, uid).await?;
         let opts = LogsOptionsBuilder::new()
             .stdout(true)
             .stderr(true)

@@ -85,6 +85,7 @@ pub(super) fn observed_of(name: &str, c: &ContainerInspectResponse) -> Observed 
         volume_present: false,
         message,
         seq: 0,
+        pull_progress: String::new(),
     }
 }
 

@@ -128,6 +128,22 @@ impl Driver for MemoryDriver {
         super::validate_name("volume", &e.volume)?;
         super::container_policy::parse(e)?; // a bad policy changes nothing
         let mut st = self.lock();
+        let owner = super::volume_owner(&e.volume_uid, &e.uid);
+        match st.volumes.get(&e.volume) {
+            Some((_, uid)) if uid != owner => {
+                return Err(DriverError::ForeignVolume {
+                    name: e.name.clone(),
+                    volume: e.volume.clone(),
+                })
+            }
+            None if e.volume_expected => {
+                return Err(DriverError::VolumeLost {
+                    name: e.name.clone(),
+                    volume: e.volume.clone(),
+                })
+            }
+            _ => {}
+        }
         let same = st
             .sandboxes
             .get(&e.name)
@@ -138,7 +154,7 @@ impl Driver for MemoryDriver {
         let n = st.tick();
         st.volumes
             .entry(e.volume.clone())
-            .or_insert_with(|| (e.name.clone(), e.uid.clone()));
+            .or_insert_with(|| (e.name.clone(), owner.to_string()));
         let entry = st.sandboxes.entry(e.name.clone()).or_default();
         if !same {
             *entry = Observed {
@@ -170,23 +186,59 @@ impl Driver for MemoryDriver {
 
     async fn remove(&self, r: &Remove) -> Result<Observed, DriverError> {
         let mut st = self.lock();
-        st.uid_matches(&r.name, &r.uid)?;
-        let old = st.sandboxes.remove(&r.name);
+        // Another sandbox of the same name is never touched.
+        let mine = st.uid_matches(&r.name, &r.uid).is_ok();
+        let old = if mine {
+            st.sandboxes.remove(&r.name)
+        } else {
+            None
+        };
         let volume = match (&r.volume, old) {
             (v, _) if !v.is_empty() => v.clone(),
             (_, Some(o)) => o.volume,
             _ => String::new(),
         };
+        let owner = super::volume_owner(&r.volume_uid, &r.uid);
         if !r.keep_volume {
-            st.volumes.remove(&volume);
+            match st.volumes.get(&volume) {
+                Some((_, uid)) if uid != owner => {
+                    return Err(DriverError::ForeignVolume {
+                        name: r.name.clone(),
+                        volume,
+                    })
+                }
+                _ => {
+                    st.volumes.remove(&volume);
+                }
+            }
         }
-        Ok(st.observed(&r.name, &volume))
+        if mine {
+            Ok(st.observed(&r.name, &volume))
+        } else {
+            Ok(Observed {
+                name: r.name.clone(),
+                uid: r.uid.clone(),
+                state: ContainerState::Absent as i32,
+                volume_present: st.volumes.contains_key(&volume),
+                volume,
+                ..Default::default()
+            })
+        }
     }
 
-    async fn exec(&self, name: &str, command: Vec<String>) -> Result<ExecStream, DriverError> {
+    async fn exec(
+        &self,
+        name: &str,
+        uid: &str,
+        command: Vec<String>,
+    ) -> Result<ExecStream, DriverError> {
+        super::validate_name("sandbox name", name)?;
         let st = self.lock();
         match st.sandboxes.get(name) {
             None => return Err(DriverError::NotFound { name: name.into() }),
+            Some(o) if !uid.is_empty() && o.uid != uid => {
+                return Err(DriverError::NotFound { name: name.into() })
+            }
             Some(o) if o.state != ContainerState::Running as i32 => {
                 return Err(DriverError::NotRunning { name: name.into() })
             }
@@ -198,17 +250,28 @@ impl Driver for MemoryDriver {
         Ok(Box::pin(futures::stream::iter(items)))
     }
 
-    async fn logs(&self, name: &str, _follow: bool) -> Result<LogStream, DriverError> {
+    async fn logs(&self, name: &str, uid: &str, _follow: bool) -> Result<LogStream, DriverError> {
+        super::validate_name("sandbox name", name)?;
         let st = self.lock();
         let o = st
             .sandboxes
             .get(name)
+            .filter(|o| uid.is_empty() || o.uid == uid)
             .ok_or_else(|| DriverError::NotFound { name: name.into() })?;
         let chunk = LogChunk {
             data: format!("{} started at {}\n", o.name, o.started_at).into_bytes(),
             stderr: false,
         };
         Ok(Box::pin(futures::stream::iter([Ok(chunk)])))
+    }
+
+    async fn volume_size(&self, volume: &str) -> Result<u64, DriverError> {
+        match self.lock().volumes.contains_key(volume) {
+            true => Ok(0),
+            false => Err(DriverError::NotFound {
+                name: volume.to_string(),
+            }),
+        }
     }
 }
 
@@ -242,7 +305,7 @@ mod tests {
         assert_ne!(up.container_id, a.container_id);
         assert!(up.volume_present);
         let mut out = d
-            .exec("s1", vec!["echo".into(), "hi".into()])
+            .exec("s1", "u1", vec!["echo".into(), "hi".into()])
             .await
             .unwrap();
         assert_eq!(
@@ -258,6 +321,7 @@ mod tests {
             uid: "u1".into(),
             volume: "vol-s1".into(),
             keep_volume: true,
+            ..Default::default()
         };
         let gone = d.remove(&rm).await.unwrap();
         assert_eq!(gone.state, ContainerState::Absent as i32);
@@ -295,5 +359,82 @@ mod tests {
         bad.policy = Some("network: bridge\n".into());
         assert!(matches!(d.ensure(&bad).await, Err(DriverError::Invalid(_))));
         assert_eq!(d.inventory().await.unwrap(), vec![first]);
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn ensure(name: &str, uid: &str, volume: &str) -> Ensure {
+        Ensure {
+            name: name.into(),
+            uid: uid.into(),
+            revision: 1,
+            image: "img".into(),
+            volume: volume.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_seeded_sandbox_whose_volume_is_gone_is_volume_lost_and_nothing_is_created() {
+        let d = MemoryDriver::new();
+        let lost = Ensure {
+            volume_expected: true,
+            ..ensure("s", "u", "vol-s")
+        };
+        let err = d.ensure(&lost).await.unwrap_err();
+        assert!(matches!(err, DriverError::VolumeLost { .. }), "{err}");
+        assert!(err.to_string().starts_with("VolumeLost:"), "{err}");
+        assert!(d.inventory().await.unwrap().is_empty(), "nothing created");
+    }
+
+    #[tokio::test]
+    async fn a_kept_volume_is_adopted_by_uid_and_never_touched_by_the_old_name() {
+        let d = MemoryDriver::new();
+        d.ensure(&ensure("a", "old", "vol-old")).await.unwrap();
+        let keep = Remove {
+            name: "a".into(),
+            uid: "old".into(),
+            volume: "vol-old".into(),
+            keep_volume: true,
+            ..Default::default()
+        };
+        d.remove(&keep).await.unwrap();
+        // A new sandbox "a" (new uid) runs next to the kept volume.
+        d.ensure(&ensure("a", "new", "vol-new")).await.unwrap();
+        // Deleting the kept volume by the old uid leaves the new one alone.
+        let drop_kept = Remove {
+            keep_volume: false,
+            ..keep.clone()
+        };
+        let o = d.remove(&drop_kept).await.unwrap();
+        assert!(!o.volume_present);
+        let inv = d.inventory().await.unwrap();
+        assert_eq!(inv.len(), 1);
+        assert_eq!(
+            (inv[0].uid.as_str(), inv[0].state()),
+            ("new", ContainerState::Running)
+        );
+        // Adopting a volume: it is mounted only for the uid on its labels.
+        d.ensure(&ensure("b", "b1", "vol-b")).await.unwrap();
+        d.remove(&Remove {
+            name: "b".into(),
+            uid: "b1".into(),
+            volume: "vol-b".into(),
+            keep_volume: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let stranger = d.ensure(&ensure("c", "c1", "vol-b")).await.unwrap_err();
+        assert!(matches!(stranger, DriverError::ForeignVolume { .. }));
+        let adopted = Ensure {
+            volume_uid: "b1".into(),
+            volume_expected: true,
+            ..ensure("c", "c1", "vol-b")
+        };
+        assert!(d.ensure(&adopted).await.unwrap().volume_present);
     }
 }

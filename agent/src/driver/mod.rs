@@ -7,6 +7,12 @@
 //! no operation but `remove` without `keep_volume` ever deletes a volume
 //! (invariant 4). `pull` only fetches an image: the first step of an update,
 //! taken while the old container keeps running.
+//!
+//! Everything is checked against the sandbox's uid, never only its name: a
+//! container of another uid under the name is never touched, and a volume
+//! is only mounted or deleted for the uid its labels carry
+//! (`Ensure.volume_uid`). A volume that `Ensure.volume_expected` says must
+//! exist is never recreated empty: its absence is `VolumeLost`.
 
 use std::pin::Pin;
 
@@ -46,10 +52,22 @@ pub trait Driver: Send + Sync + 'static {
     async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError>;
     /// Remove the container, and the volume unless `keep_volume`.
     async fn remove(&self, r: &Remove) -> Result<Observed, DriverError>;
-    /// Run a command in the running sandbox.
-    async fn exec(&self, name: &str, command: Vec<String>) -> Result<ExecStream, DriverError>;
-    /// The sandbox's output, optionally following it.
-    async fn logs(&self, name: &str, follow: bool) -> Result<LogStream, DriverError>;
+    /// Run a command in the running sandbox `name` whose uid is `uid`
+    /// (any uid when empty).
+    async fn exec(
+        &self,
+        name: &str,
+        uid: &str,
+        command: Vec<String>,
+    ) -> Result<ExecStream, DriverError>;
+    /// The output of sandbox `name` with uid `uid`, optionally following it.
+    async fn logs(&self, name: &str, uid: &str, follow: bool) -> Result<LogStream, DriverError>;
+    /// Bytes used by `volume`; `NotFound` if it does not exist.
+    async fn volume_size(&self, volume: &str) -> Result<u64, DriverError>;
+    /// How far a pull of `image` in progress is, in one line.
+    fn pull_progress(&self, _image: &str) -> Option<String> {
+        None
+    }
 }
 
 /// One error type for all drivers: one variant per failing operation.
@@ -71,6 +89,8 @@ pub enum DriverError {
     },
     #[error("volume {volume:?} does not belong to sandbox {name:?}; left untouched")]
     ForeignVolume { name: String, volume: String },
+    #[error("VolumeLost: the workspace volume {volume:?} of sandbox {name:?} is missing on this node; its data is gone, and berth will not create an empty one in its place (delete the sandbox, or restore the volume under the same name)")]
+    VolumeLost { name: String, volume: String },
     #[error("exec failed: {0}")]
     Exec(String),
     #[error("invalid request: {0}")]
@@ -99,11 +119,22 @@ impl From<DriverError> for tonic::Status {
             DriverError::ImageNotFound { .. }
             | DriverError::NotRunning { .. }
             | DriverError::UidMismatch { .. }
-            | DriverError::ForeignVolume { .. } => tonic::Status::failed_precondition(msg),
+            | DriverError::ForeignVolume { .. }
+            | DriverError::VolumeLost { .. } => tonic::Status::failed_precondition(msg),
             DriverError::Engine { .. } | DriverError::Exec(_) | DriverError::Io { .. } => {
                 tonic::Status::internal(msg)
             }
         }
+    }
+}
+
+/// The uid a sandbox's volume is labelled with (`Ensure.volume_uid`, or the
+/// sandbox's own uid when unset).
+pub fn volume_owner<'a>(volume_uid: &'a str, uid: &'a str) -> &'a str {
+    if volume_uid.is_empty() {
+        uid
+    } else {
+        volume_uid
     }
 }
 

@@ -88,6 +88,7 @@ pub fn ensure(name: &str, uid: &str, revision: u64, image: &str) -> Ensure {
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         policy: None,
         volume: volume_of(name),
+        ..Default::default()
     }
 }
 
@@ -98,7 +99,7 @@ pub fn volume_exists(volume: &str) -> bool {
 /// Run `sh -c script` in the sandbox: (stdout, stderr, exit code).
 pub async fn sh(d: &ContainerDriver, name: &str, script: &str) -> (String, String, i32) {
     let cmd = vec!["/bin/sh".into(), "-c".into(), script.into()];
-    let mut stream = d.exec(name, cmd).await.unwrap();
+    let mut stream = d.exec(name, "", cmd).await.unwrap();
     let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
     while let Some(item) = stream.next().await {
         match item.unwrap().out.unwrap() {

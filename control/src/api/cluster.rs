@@ -1,13 +1,14 @@
-//! `berth.v1.ClusterService`: status and membership of the control plane.
+//! `berth.v1.ClusterService`: status and membership of the control plane,
+//! the node agents it knows, and handing a node name to a new agent.
 
 use std::sync::Arc;
 
 use berth_proto::v1::cluster_service_server::ClusterService;
 use berth_proto::v1::{
     AddNodeRequest, Agent, ClusterStatus, GetStatusRequest, ListAgentsRequest, ListAgentsResponse,
-    Member, MemberRole, RemoveNodeRequest,
+    Member, MemberRole, RemoveNodeRequest, ReplaceNodeRequest,
 };
-use berth_raft::RaftNode;
+use berth_raft::{Command, CommandResponse, NodeError, NodeRecord, RaftNode};
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
@@ -112,15 +113,41 @@ impl ClusterService for ClusterApi {
         let agents = state
             .table
             .nodes()
-            .map(|n| Agent {
-                name: n.name.clone(),
-                driver: n.driver.clone(),
-                ready: n.ready,
-                message: n.message.clone(),
-                sandboxes: u32::try_from(state.table.sandboxes_on(&n.name)).unwrap_or(u32::MAX),
-                data_addr: n.data_addr.clone(),
-            })
+            .map(|n| agent_to_proto(n, state.table.sandboxes_on(&n.name)))
             .collect();
         Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn replace_node(
+        &self,
+        request: Request<ReplaceNodeRequest>,
+    ) -> Result<Response<Agent>, Status> {
+        let name = request.into_inner().name;
+        crate::validate::validate_node_name(&name)?;
+        let command = Command::ReplaceNode { name };
+        match self.node.write(command).await.map_err(ApiError::from)? {
+            CommandResponse::Node { record } => {
+                tracing::info!("node may be replaced by a new agent instance");
+                let count = self.node.state().read().table.sandboxes_on(&record.name);
+                Ok(Response::new(agent_to_proto(&record, count)))
+            }
+            other => Err(ApiError::from(NodeError::Internal(format!(
+                "unexpected command response {other:?}"
+            )))
+            .into()),
+        }
+    }
+}
+
+fn agent_to_proto(n: &NodeRecord, sandboxes: usize) -> Agent {
+    Agent {
+        name: n.name.clone(),
+        driver: n.driver.clone(),
+        ready: n.ready,
+        message: n.message.clone(),
+        sandboxes: u32::try_from(sandboxes).unwrap_or(u32::MAX),
+        data_addr: n.data_addr.clone(),
+        instance_id: n.instance_id.clone(),
     }
 }

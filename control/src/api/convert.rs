@@ -85,6 +85,7 @@ pub fn operation_to_proto(sandbox: &str, op: &Operation) -> v1::Operation {
         updated_at_unix_ms: op.updated_at_ms,
         reason: op.reason.clone(),
         terminal: op.phase.is_terminal(),
+        progress: op.progress.clone(),
     }
 }
 

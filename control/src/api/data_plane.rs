@@ -66,6 +66,7 @@ pub async fn exec(
         .exec(ExecRequest {
             name: record.name,
             command,
+            uid: record.uid,
         })
         .await?
         .into_inner();
@@ -90,6 +91,7 @@ pub async fn logs(
         .logs(LogsRequest {
             name: record.name,
             follow,
+            uid: record.uid,
         })
         .await?
         .into_inner();

@@ -8,6 +8,7 @@ mod convert;
 mod data_plane;
 mod operations;
 mod sandbox;
+mod volumes;
 
 pub use agent_session::AgentSessions;
 pub use cluster::ClusterApi;

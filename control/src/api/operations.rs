@@ -10,7 +10,9 @@ use berth_raft::{Command, CommandResponse, NodeError, RaftNode, SandboxRecord};
 use super::convert::{operation_to_proto, revision_to_proto};
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::validate::{validate_env, validate_image, validate_name, validate_policy};
+use crate::validate::{
+    client_proposal, validate_env, validate_image, validate_name, validate_policy,
+};
 
 /// Upper bounds that keep a mistyped duration from parking an update.
 const MAX_HEALTH_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
@@ -23,6 +25,7 @@ fn gate(request: &UpdateSandboxRequest) -> Result<UpdatePolicy, ApiError> {
             .unwrap_or(defaults.health_timeout_ms),
         min_healthy_ms: request.min_healthy_ms.unwrap_or(defaults.min_healthy_ms),
         auto_rollback: !request.no_auto_rollback,
+        ..defaults
     };
     if policy.health_timeout_ms == 0 || policy.health_timeout_ms > MAX_HEALTH_TIMEOUT_MS {
         return Err(ApiError::Invalid(
@@ -35,7 +38,11 @@ fn gate(request: &UpdateSandboxRequest) -> Result<UpdatePolicy, ApiError> {
             policy.min_healthy_ms, policy.health_timeout_ms
         )));
     }
-    Ok(policy)
+    // The old revision gets as long to come back as the new one had.
+    Ok(UpdatePolicy {
+        rollback_timeout_ms: policy.health_timeout_ms,
+        ..policy
+    })
 }
 
 fn operation_of(response: CommandResponse) -> Result<Operation, ApiError> {
@@ -62,12 +69,27 @@ async fn read(node: &RaftNode, name: &str) -> Result<SandboxRecord, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("sandbox {name:?} not found")))
 }
 
-pub async fn update(node: &RaftNode, request: UpdateSandboxRequest) -> Result<Operation, ApiError> {
+pub async fn update(
+    node: &RaftNode,
+    request: UpdateSandboxRequest,
+    keep_revisions: u32,
+) -> Result<Operation, ApiError> {
     let gate = gate(&request)?;
-    if request.image.is_none() && request.policy.is_none() && request.env.is_empty() {
+    let nothing = request.image.is_none()
+        && request.policy.is_none()
+        && request.env.is_empty()
+        && request.unset_env.is_empty();
+    if nothing {
         return Err(ApiError::Invalid(
-            "nothing to update: give a new image, policy or env".to_string(),
+            "nothing to update: give a new image, policy, env or env to unset".to_string(),
         ));
+    }
+    for key in &request.unset_env {
+        if request.env.contains_key(key) {
+            return Err(ApiError::Invalid(format!(
+                "env {key:?} is both set and unset"
+            )));
+        }
     }
     let current = read(node, &request.name).await?;
     let mut spec = current.spec.clone();
@@ -79,7 +101,16 @@ pub async fn update(node: &RaftNode, request: UpdateSandboxRequest) -> Result<Op
         validate_policy(policy)?;
         spec.policy = Some(policy.clone());
     }
+    validate_env(&request.env.clone().into_iter().collect())?;
     spec.env.extend(request.env.clone());
+    for key in &request.unset_env {
+        if spec.env.remove(key).is_none() {
+            return Err(ApiError::Invalid(format!(
+                "env {key:?} is not set on sandbox {:?}",
+                request.name
+            )));
+        }
+    }
     validate_env(&spec.env)?;
     let command = Command::UpdateSandbox {
         name: request.name,
@@ -88,8 +119,12 @@ pub async fn update(node: &RaftNode, request: UpdateSandboxRequest) -> Result<Op
         expected_revision: request.expected_revision,
         policy: gate,
         at_ms: now_ms(),
+        keep_revisions,
     };
-    operation_of(node.write(command).await?)
+    operation_of(
+        node.propose(client_proposal(command, request.request_id)?)
+            .await?,
+    )
 }
 
 pub async fn rollback(
@@ -104,7 +139,10 @@ pub async fn rollback(
         policy: UpdatePolicy::default(),
         at_ms: now_ms(),
     };
-    operation_of(node.write(command).await?)
+    operation_of(
+        node.propose(client_proposal(command, request.request_id)?)
+            .await?,
+    )
 }
 
 pub async fn get_operation(

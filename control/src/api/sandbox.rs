@@ -11,7 +11,8 @@ use berth_proto::v1::{
     StopSandboxRequest, WatchSandboxRequest,
 };
 use berth_proto::v1::{
-    GetOperationRequest, ListRevisionsRequest, ListRevisionsResponse, Operation,
+    DeleteVolumeRequest, GetOperationRequest, KeptVolume, ListRevisionsRequest,
+    ListRevisionsResponse, ListVolumesRequest, ListVolumesResponse, Operation,
     RollbackSandboxRequest, UpdateSandboxRequest,
 };
 use berth_raft::{Command, CommandResponse, Desired, NodeError, RaftNode};
@@ -19,18 +20,26 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{sandbox_to_proto, spec_from_proto};
 use super::data_plane::{self, BoxStream};
-use super::operations;
+use super::{operations, volumes};
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::validate::{validate_env, validate_image, validate_name, validate_policy};
+use crate::validate::{
+    client_proposal, validate_env, validate_image, validate_name, validate_policy,
+    validate_volume_name,
+};
 
 pub struct SandboxApi {
     node: Arc<RaftNode>,
+    /// Unstable revisions kept per sandbox (0: all).
+    keep_revisions: u32,
 }
 
 impl SandboxApi {
-    pub fn new(node: Arc<RaftNode>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<RaftNode>, keep_revisions: u32) -> Self {
+        Self {
+            node,
+            keep_revisions,
+        }
     }
 
     /// Waits for a linearizable read point unless the caller accepts a
@@ -58,13 +67,22 @@ impl SandboxApi {
             validate_policy(policy)?;
         }
         validate_env(&spec.env)?;
+        let adopt_volume = match request.volume.as_str() {
+            "" => None,
+            volume => {
+                validate_volume_name(volume)?;
+                Some(volume.to_string())
+            }
+        };
         let command = Command::CreateSandbox {
             name: request.name,
             uid: uuid::Uuid::new_v4().to_string(),
             spec,
             created_at_ms: now_ms(),
+            adopt_volume,
         };
-        match self.node.write(command).await? {
+        let proposal = client_proposal(command, request.request_id)?;
+        match self.node.propose(proposal).await? {
             CommandResponse::Sandbox { record } => Ok(sandbox_to_proto(&record)),
             other => Err(unexpected(other)),
         }
@@ -100,7 +118,8 @@ impl SandboxApi {
             name: request.name,
             keep_volume: request.keep_volume,
         };
-        match self.node.write(command).await? {
+        let proposal = client_proposal(command, request.request_id)?;
+        match self.node.propose(proposal).await? {
             CommandResponse::Deleted { .. } => Ok(DeleteSandboxResponse { sandbox: None }),
             CommandResponse::Sandbox { record } => Ok(DeleteSandboxResponse {
                 sandbox: Some(sandbox_to_proto(&record)),
@@ -109,13 +128,15 @@ impl SandboxApi {
         }
     }
 
-    async fn set_desired(&self, name: String, desired: Desired) -> Result<Sandbox, ApiError> {
+    async fn set_desired(
+        &self,
+        name: String,
+        desired: Desired,
+        request_id: String,
+    ) -> Result<Sandbox, ApiError> {
         validate_name(&name)?;
-        match self
-            .node
-            .write(Command::SetDesired { name, desired })
-            .await?
-        {
+        let proposal = client_proposal(Command::SetDesired { name, desired }, request_id)?;
+        match self.node.propose(proposal).await? {
             CommandResponse::Sandbox { record } => Ok(sandbox_to_proto(&record)),
             other => Err(unexpected(other)),
         }
@@ -171,9 +192,8 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<StopSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
-        let sandbox = self
-            .set_desired(request.into_inner().name, Desired::Stopped)
-            .await?;
+        let StopSandboxRequest { name, request_id } = request.into_inner();
+        let sandbox = self.set_desired(name, Desired::Stopped, request_id).await?;
         tracing::info!("sandbox stop requested");
         Ok(Response::new(sandbox))
     }
@@ -183,9 +203,8 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<StartSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
-        let sandbox = self
-            .set_desired(request.into_inner().name, Desired::Running)
-            .await?;
+        let StartSandboxRequest { name, request_id } = request.into_inner();
+        let sandbox = self.set_desired(name, Desired::Running, request_id).await?;
         tracing::info!("sandbox start requested");
         Ok(Response::new(sandbox))
     }
@@ -228,7 +247,7 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<UpdateSandboxRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let op = operations::update(&self.node, request.into_inner()).await?;
+        let op = operations::update(&self.node, request.into_inner(), self.keep_revisions).await?;
         tracing::info!(operation = %op.id, to = op.to_revision, "update started");
         Ok(Response::new(op))
     }
@@ -259,5 +278,22 @@ impl SandboxService for SandboxApi {
         Ok(Response::new(
             operations::list_revisions(&self.node, request.into_inner()).await?,
         ))
+    }
+
+    async fn list_volumes(
+        &self,
+        _request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        Ok(Response::new(volumes::list(&self.node).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %request.get_ref().volume))]
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<KeptVolume>, Status> {
+        let volume = volumes::delete(&self.node, request.into_inner()).await?;
+        tracing::info!("kept volume deletion requested");
+        Ok(Response::new(volume))
     }
 }

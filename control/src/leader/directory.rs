@@ -3,12 +3,16 @@
 //! reported. Lives only in memory and only on the leader; everything a new
 //! leader needs is in the state machine (invariant 2) and is rebuilt here
 //! from the agents' own reports when they reconnect.
+//!
+//! Inventories are keyed by sandbox uid, never by name: a volume kept from
+//! a deleted sandbox and the container of a new sandbox of the same name
+//! are two different things, and one never hides the other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use berth_proto::agent_v1::Observed;
+use berth_proto::agent_v1::{ContainerState, Observed};
 use ractor::ActorRef;
 
 use super::node_actor::NodeMsg;
@@ -16,7 +20,7 @@ use super::node_actor::NodeMsg;
 struct LiveNode {
     session: u64,
     actor: ActorRef<NodeMsg>,
-    /// None until the first inventory arrives.
+    /// By sandbox uid; None until the first inventory arrives.
     inventory: Option<HashMap<String, Observed>>,
     last_seen: Instant,
 }
@@ -80,8 +84,9 @@ impl Directory {
 
     /// Replaces the inventory with a listing that began at `seq`, keeping
     /// any observation newer than the listing (a command that finished
-    /// while it ran); returns the sandboxes whose observation changed (so
-    /// their actors can be nudged).
+    /// while it ran); returns the names of the sandboxes whose observation
+    /// changed (so their actors can be nudged). Observations without a uid
+    /// (nothing berth made) are ignored.
     pub fn set_inventory(
         &self,
         node: &str,
@@ -93,22 +98,35 @@ impl Directory {
         let Some(live) = nodes.get_mut(node).filter(|n| n.session == session) else {
             return vec![];
         };
-        let mut new: HashMap<String, Observed> =
-            inventory.into_iter().map(|o| (o.name.clone(), o)).collect();
+        let mut new: HashMap<String, Observed> = HashMap::new();
+        for o in inventory.into_iter().filter(|o| !o.uid.is_empty()) {
+            // A container and a left-over volume of one uid: the container
+            // is the sandbox (it names the volume itself).
+            let keep_old = new
+                .get(&o.uid)
+                .is_some_and(|k| k.state() != ContainerState::Absent);
+            if !keep_old {
+                new.insert(o.uid.clone(), o);
+            }
+        }
         if let Some(old) = &live.inventory {
-            for (name, o) in old.iter().filter(|(_, o)| o.seq > seq) {
-                new.insert(name.clone(), o.clone());
+            for (uid, o) in old.iter().filter(|(_, o)| o.seq > seq) {
+                new.insert(uid.clone(), o.clone());
             }
         }
         let changed = match &live.inventory {
-            None => new.keys().cloned().collect(),
+            None => new.values().map(|o| o.name.clone()).collect(),
             Some(old) => {
                 let mut changed: Vec<String> = new
                     .iter()
                     .filter(|(k, v)| old.get(*k).is_none_or(|o| !same(o, v)))
-                    .map(|(k, _)| k.clone())
+                    .map(|(_, v)| v.name.clone())
                     .collect();
-                changed.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
+                changed.extend(
+                    old.iter()
+                        .filter(|(k, _)| !new.contains_key(*k))
+                        .map(|(_, o)| o.name.clone()),
+                );
                 changed
             }
         };
@@ -117,29 +135,38 @@ impl Directory {
         changed
     }
 
-    /// Records the observation a command result carried, unless a newer
-    /// one is already known.
-    pub fn update_observed(&self, node: &str, observed: Observed) {
+    /// Records the observation a command result carried for sandbox `uid`,
+    /// unless a newer one is already known. An observation of another uid
+    /// (what a command found under the sandbox's name) is not about it.
+    pub fn update_observed(&self, node: &str, uid: &str, observed: Observed) {
+        if uid.is_empty() {
+            return;
+        }
         if let Some(inv) = self
             .write()
             .get_mut(node)
             .and_then(|n| n.inventory.as_mut())
         {
-            if inv
-                .get(&observed.name)
-                .is_none_or(|old| old.seq <= observed.seq)
-            {
-                inv.insert(observed.name.clone(), observed);
+            if inv.get(uid).is_none_or(|old| old.seq <= observed.seq) {
+                if observed.uid == uid {
+                    inv.insert(uid.to_string(), observed);
+                } else if let Some(old) = inv.get_mut(uid) {
+                    // Nothing of this uid left under its name.
+                    old.state = ContainerState::Absent as i32;
+                    old.container_id.clear();
+                    old.seq = observed.seq;
+                }
             }
         }
     }
 
-    /// How `sandbox` looks on `node`. A node without an inventory yet
-    /// counts as disconnected: nothing is decided from unknown state.
-    pub fn link(&self, node: &str, sandbox: &str) -> Link {
+    /// How the sandbox with `uid` looks on `node`. A node without an
+    /// inventory yet counts as disconnected: nothing is decided from
+    /// unknown state.
+    pub fn link(&self, node: &str, uid: &str) -> Link {
         match self.read().get(node).and_then(|n| n.inventory.as_ref()) {
             None => Link::Disconnected,
-            Some(inv) => Link::Connected(inv.get(sandbox).cloned()),
+            Some(inv) => Link::Connected(inv.get(uid).cloned()),
         }
     }
 
@@ -165,11 +192,11 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_proto::agent_v1::ContainerState;
 
     fn obs(name: &str, state: ContainerState, seq: u64) -> Observed {
         Observed {
             name: name.into(),
+            uid: format!("uid-{name}"),
             state: state as i32,
             seq,
             ..Observed::default()
@@ -196,23 +223,83 @@ mod tests {
         dir.connect("n", 1, actor.clone());
         dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 5)], 5);
         // A command result observed at seq 9: the new container runs.
-        dir.update_observed("n", obs("b", ContainerState::Running, 9));
-        dir.update_observed("n", obs("a", ContainerState::Exited, 9));
+        dir.update_observed("n", "uid-b", obs("b", ContainerState::Running, 9));
+        dir.update_observed("n", "uid-a", obs("a", ContainerState::Exited, 9));
         // A heartbeat whose listing began at seq 7 (before the command ended).
         let changed = dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 7)], 7);
         assert!(changed.is_empty(), "{changed:?}");
-        let Link::Connected(Some(a)) = dir.link("n", "a") else {
+        let Link::Connected(Some(a)) = dir.link("n", "uid-a") else {
             panic!()
         };
         assert_eq!((a.state(), a.seq), (ContainerState::Exited, 9));
-        assert!(matches!(dir.link("n", "b"), Link::Connected(Some(_))));
+        assert!(matches!(dir.link("n", "uid-b"), Link::Connected(Some(_))));
         // An older command result does not replace a newer listing either.
         dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 12)], 12);
-        dir.update_observed("n", obs("a", ContainerState::Exited, 11));
-        let Link::Connected(Some(a)) = dir.link("n", "a") else {
+        dir.update_observed("n", "uid-a", obs("a", ContainerState::Exited, 11));
+        let Link::Connected(Some(a)) = dir.link("n", "uid-a") else {
             panic!()
         };
         assert_eq!(a.seq, 12);
+        actor.stop(None);
+    }
+
+    /// A volume kept from a deleted sandbox "a" and the running container
+    /// of a new sandbox "a": two uids, two entries, in either order.
+    #[tokio::test]
+    async fn a_kept_volume_never_hides_a_new_sandbox_of_the_same_name() {
+        struct Noop;
+        impl ractor::Actor for Noop {
+            type Msg = NodeMsg;
+            type State = ();
+            type Arguments = ();
+            async fn pre_start(
+                &self,
+                _: ActorRef<NodeMsg>,
+                _: (),
+            ) -> Result<(), ractor::ActorProcessingErr> {
+                Ok(())
+            }
+        }
+        let (actor, _handle) = ractor::Actor::spawn(None, Noop, ()).await.unwrap();
+        let dir = Directory::default();
+        dir.connect("n", 1, actor.clone());
+        let new = Observed {
+            uid: "uid-new".into(),
+            ..obs("a", ContainerState::Running, 3)
+        };
+        let kept = Observed {
+            uid: "uid-old".into(),
+            volume_present: true,
+            ..obs("a", ContainerState::Absent, 3)
+        };
+        for listing in [
+            vec![new.clone(), kept.clone()],
+            vec![kept.clone(), new.clone()],
+        ] {
+            dir.set_inventory("n", 1, listing, 3);
+            let Link::Connected(Some(a)) = dir.link("n", "uid-new") else {
+                panic!()
+            };
+            assert_eq!(a.state(), ContainerState::Running);
+            let Link::Connected(Some(old)) = dir.link("n", "uid-old") else {
+                panic!()
+            };
+            assert_eq!(old.state(), ContainerState::Absent);
+        }
+        // A command for the old uid that finds the new container under the
+        // name does not make the new one look like the old one's.
+        dir.update_observed(
+            "n",
+            "uid-old",
+            Observed {
+                seq: 4,
+                ..new.clone()
+            },
+        );
+        let Link::Connected(Some(a)) = dir.link("n", "uid-new") else {
+            panic!()
+        };
+        assert_eq!(a.state(), ContainerState::Running);
         actor.stop(None);
     }
 }

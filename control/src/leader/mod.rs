@@ -9,8 +9,12 @@
 //!
 //! Invariants kept here: actors start only after this leader has applied
 //! everything committed before its term (so decisions use the whole state
-//! machine), and stop as soon as it is no longer leader (2); every command
-//! to an agent carries the term the tree was started for (3).
+//! machine), and are killed as soon as it is no longer leader (2); every
+//! write an actor proposes carries the tree's term and is refused by the
+//! state machine in an entry of any other term; every command to an agent
+//! carries the term and is sent only after a leader barrier in that term
+//! (3). An actor never dies of an expected error (lost quorum, a refused
+//! compare-and-set, NotFound): it retries with backoff.
 
 pub mod directory;
 pub mod node_actor;
@@ -23,7 +27,7 @@ mod watcher;
 
 use std::sync::Arc;
 
-use berth_raft::RaftNode;
+use berth_raft::{Command, CommandResponse, NodeError, Proposal, RaftNode};
 
 pub use directory::Directory;
 pub use watcher::Leadership;
@@ -36,4 +40,21 @@ pub struct LeaderCtx {
     pub term: u64,
     /// How many sandbox actors run (reported by `ClusterService.GetStatus`).
     pub actors: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LeaderCtx {
+    /// Commits `command` on behalf of this term's actor tree: the state
+    /// machine refuses it unless it lands in an entry of this very term, so
+    /// nothing a deposed tree proposes is ever applied (invariant 3).
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, NodeError> {
+        self.node
+            .propose(Proposal::in_term(command, self.term))
+            .await
+    }
+
+    /// Before a command goes to an agent: this node still leads in this
+    /// term (confirmed by a quorum) and has applied everything committed.
+    pub async fn barrier(&self) -> Result<(), NodeError> {
+        self.node.leader_barrier(self.term).await
+    }
 }

@@ -12,15 +12,16 @@ use std::sync::Arc;
 
 use berth_proto::agent_v1::{
     agent_message, command, control_message, AgentMessage, Command as AgentCommand, CommandResult,
-    ControlMessage, Register, Registered,
+    ControlMessage, Refused, Register, Registered,
 };
-use berth_raft::Command;
+use berth_raft::{Command, NodeError};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::sandbox_actor::SandboxMsg;
+use super::supervisor::SupervisorMsg;
 use super::LeaderCtx;
 use crate::clock::now_ms;
 
@@ -32,10 +33,39 @@ pub enum NodeMsg {
     /// The agent's stream ended.
     Disconnected(String),
     /// Send `op` to the agent; the result goes to `reply_to`.
-    Send {
-        op: command::Op,
-        reply_to: ActorRef<SandboxMsg>,
-    },
+    Send { op: command::Op, reply_to: ReplyTo },
+}
+
+/// Who gets a command's result.
+#[derive(Clone)]
+pub enum ReplyTo {
+    /// The sandbox actor that sent it.
+    Sandbox(ActorRef<SandboxMsg>),
+    /// The supervisor, about removing this kept volume.
+    Volume(ActorRef<SupervisorMsg>, String),
+}
+
+impl From<ActorRef<SandboxMsg>> for ReplyTo {
+    fn from(actor: ActorRef<SandboxMsg>) -> Self {
+        ReplyTo::Sandbox(actor)
+    }
+}
+
+impl ReplyTo {
+    fn deliver(&self, result: CommandResult) {
+        // The asker may be gone (stopped meanwhile); nothing to do then.
+        match self {
+            ReplyTo::Sandbox(actor) => {
+                let _ = actor.send_message(SandboxMsg::CommandDone(Box::new(result)));
+            }
+            ReplyTo::Volume(actor, volume) => {
+                let _ = actor.send_message(SupervisorMsg::VolumeRemoved {
+                    volume: volume.clone(),
+                    result: Box::new(result),
+                });
+            }
+        }
+    }
 }
 
 pub struct NodeActor;
@@ -53,7 +83,8 @@ pub struct NodeState {
     name: String,
     session: u64,
     outbound: Outbound,
-    pending: HashMap<u64, ActorRef<SandboxMsg>>,
+    /// Commands in flight: who asked, and the uid of the sandbox it is for.
+    pending: HashMap<u64, (ReplyTo, String)>,
     next_id: u64,
 }
 
@@ -97,11 +128,31 @@ impl NodeState {
                 message: "heartbeating".to_string(),
                 at_ms: now_ms(),
             };
-            if let Err(e) = self.ctx.node.write(command).await {
+            if let Err(e) = self.ctx.write(command).await {
                 tracing::warn!(node = %self.name, error = %e, "cannot mark node ready");
             }
         }
     }
+}
+
+/// A session heard from this recently is live.
+const LIVE_SESSION: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Tells a refused agent why, and gives the error that ends its actor.
+async fn refuse(
+    outbound: &Outbound,
+    node: &str,
+    instance: &str,
+    reason: String,
+) -> ActorProcessingErr {
+    tracing::warn!(%node, %instance, %reason, "agent session refused");
+    let refused = ControlMessage {
+        msg: Some(control_message::Msg::Refused(Refused {
+            reason: reason.clone(),
+        })),
+    };
+    let _ = outbound.send(Ok(refused)).await;
+    ActorProcessingErr::from(reason)
 }
 
 /// Registry name of a sandbox's actor (unique per sandbox name).
@@ -127,7 +178,20 @@ impl Actor for NodeActor {
             mut inbound,
         } = args;
         let name = register.node_name.clone();
-        ctx.node
+        // A session that still heartbeats is never replaced: a second agent
+        // under the same name (even with a cloned instance id) is refused.
+        if let Some(silent) = ctx
+            .directory
+            .silent_for(&name)
+            .filter(|s| *s < LIVE_SESSION)
+        {
+            let reason = format!(
+                "node {name:?} already has a live agent session (last heard {} ms ago); two agents cannot share a node name (a cloned data dir, or the same --node-name on two hosts): give each machine its own data dir and node name",
+                silent.as_millis()
+            );
+            return Err(refuse(&outbound, &name, &register.instance_id, reason).await);
+        }
+        let registration = ctx
             .write(Command::RegisterNode {
                 name: name.clone(),
                 driver: register.driver.clone(),
@@ -135,8 +199,17 @@ impl Actor for NodeActor {
                 cpus: register.cpus,
                 memory_bytes: register.memory_bytes,
                 at_ms: now_ms(),
+                instance_id: register.instance_id.clone(),
             })
-            .await?;
+            .await;
+        match registration {
+            // Another instance under a known name: tell the agent why.
+            Err(NodeError::FailedPrecondition(reason)) => {
+                return Err(refuse(&outbound, &name, &register.instance_id, reason).await)
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
         let registered = ControlMessage {
             msg: Some(control_message::Msg::Registered(Registered {
                 leader_id: ctx.node.id(),
@@ -187,14 +260,17 @@ impl Actor for NodeActor {
             NodeMsg::Inbound(AgentMessage { msg: Some(msg) }) => match msg {
                 agent_message::Msg::Heartbeat(hb) => state.on_inventory(hb.inventory, hb.seq).await,
                 agent_message::Msg::Result(result) => {
-                    if let Some(observed) = result.observed.clone() {
-                        state.ctx.directory.update_observed(&state.name, observed);
-                    }
                     if result.refused {
                         tracing::warn!(node = %state.name, error = %result.error, "agent refused a command");
                     }
-                    if let Some(reply_to) = state.pending.remove(&result.command_id) {
-                        let _ = reply_to.send_message(SandboxMsg::CommandDone(Box::new(result)));
+                    if let Some((reply_to, uid)) = state.pending.remove(&result.command_id) {
+                        if let Some(observed) = result.observed.clone() {
+                            state
+                                .ctx
+                                .directory
+                                .update_observed(&state.name, &uid, observed);
+                        }
+                        reply_to.deliver(result);
                     }
                 }
                 agent_message::Msg::Register(_) => {
@@ -207,6 +283,12 @@ impl Actor for NodeActor {
                 myself.stop(Some(reason));
             }
             NodeMsg::Send { op, reply_to } => {
+                let uid = match &op {
+                    command::Op::Ensure(e) => e.uid.clone(),
+                    command::Op::Stop(s) => s.uid.clone(),
+                    command::Op::Remove(r) => r.uid.clone(),
+                    command::Op::Pull(_) => String::new(),
+                };
                 let command_id = state.next_id;
                 state.next_id += 1;
                 let message = ControlMessage {
@@ -218,13 +300,13 @@ impl Actor for NodeActor {
                 };
                 match state.outbound.try_send(Ok(message)) {
                     Ok(()) => {
-                        state.pending.insert(command_id, reply_to);
+                        state.pending.insert(command_id, (reply_to, uid));
                     }
                     Err(e) => {
-                        let _ = reply_to.send_message(SandboxMsg::CommandDone(Box::new(failed(
+                        reply_to.deliver(failed(
                             command_id,
                             format!("cannot reach node {}: {e}", state.name),
-                        ))));
+                        ));
                     }
                 }
             }
@@ -238,11 +320,8 @@ impl Actor for NodeActor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.directory.disconnect(&state.name, state.session);
-        for (id, reply_to) in state.pending.drain() {
-            let _ = reply_to.send_message(SandboxMsg::CommandDone(Box::new(failed(
-                id,
-                format!("node {} disconnected", state.name),
-            ))));
+        for (id, (reply_to, _)) in state.pending.drain() {
+            reply_to.deliver(failed(id, format!("node {} disconnected", state.name)));
         }
         Ok(())
     }

@@ -9,13 +9,19 @@ use berth_proto::agent_v1::{exec_output, ExecRequest};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `command` in sandbox `name` via the agent at `data_addr`.
-pub async fn run(data_addr: &str, name: &str, command: Vec<String>) -> Result<(), String> {
+pub async fn run(
+    data_addr: &str,
+    name: &str,
+    uid: &str,
+    command: Vec<String>,
+) -> Result<(), String> {
     let attempt = async {
         let mut client = crate::agent_client::connect(data_addr).await?;
         let mut stream = client
             .exec(ExecRequest {
                 name: name.to_string(),
                 command,
+                uid: uid.to_string(),
             })
             .await
             .map_err(|s| s.message().to_string())?

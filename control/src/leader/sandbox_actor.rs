@@ -7,6 +7,14 @@
 //!
 //! The actor's own memory holds only what may be lost: the command in
 //! flight and the retry backoff.
+//!
+//! An actor never dies of an expected error: a write refused for lack of a
+//! quorum, a compare-and-set that lost a race with an operator, a NotFound
+//! racing a delete. It backs off (1 s doubling to 30 s, skipping ticks
+//! meanwhile) and reconciles again from the replicated state, so no
+//! sandbox is ever abandoned by its leader. Before it sends a command to an
+//! agent it passes a leader barrier in its term and re-reads the record:
+//! it acts only on state at least as new as its term's commit index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +23,7 @@ use berth_proto::agent_v1::{command, CommandResult, Ensure, Pull, Remove, Stop};
 use berth_proto::policy::Policy;
 use berth_raft::model::update::UpdatePhase;
 use berth_raft::model::Operation;
-use berth_raft::{Command, Desired, SandboxRecord};
+use berth_raft::{Command, Desired, NodeError, SandboxRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
@@ -42,6 +50,21 @@ pub enum SandboxMsg {
 
 pub struct SandboxActor;
 
+/// Why a reconcile step stopped short. All expected: retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("cannot commit: {0}")]
+    Write(#[from] NodeError),
+    #[error("cannot reach the node's session: {0}")]
+    Session(String),
+}
+
+impl<T> From<ractor::MessagingErr<T>> for StepError {
+    fn from(e: ractor::MessagingErr<T>) -> Self {
+        StepError::Session(e.to_string())
+    }
+}
+
 pub struct SandboxArgs {
     pub ctx: Arc<LeaderCtx>,
     pub name: String,
@@ -67,6 +90,10 @@ pub struct SandboxState {
     running_since: Option<Instant>,
     next_attempt: Instant,
     last_error: Option<String>,
+    /// Failed reconcile steps in a row (writes that did not commit).
+    step_failures: u32,
+    /// No reconcile before this (backoff after a failed step).
+    step_retry_at: Instant,
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -84,6 +111,9 @@ fn op_for(op: AgentOp, r: &SandboxRecord) -> command::Op {
             env: r.spec.env.clone().into_iter().collect(),
             policy: r.spec.policy.clone(),
             volume: r.volume.clone(),
+            volume_uid: r.volume_owner().to_string(),
+            // Ran once (or had a container made): its volume exists.
+            volume_expected: r.volume_seeded || !r.container_id.is_empty(),
         }),
         AgentOp::Stop => command::Op::Stop(Stop {
             name: r.name.clone(),
@@ -94,6 +124,7 @@ fn op_for(op: AgentOp, r: &SandboxRecord) -> command::Op {
             uid: r.uid.clone(),
             volume: r.volume.clone(),
             keep_volume,
+            volume_uid: r.volume_owner().to_string(),
         }),
     }
 }
@@ -113,11 +144,39 @@ impl SandboxState {
             .collect()
     }
 
-    /// One reconcile step. Returns false when the actor should stop.
-    async fn reconcile(
-        &mut self,
+    /// The record, if it is still this sandbox's (same uid).
+    fn record(&self) -> Option<SandboxRecord> {
+        let state = self.ctx.node.state().read();
+        state
+            .table
+            .get(&self.name)
+            .filter(|r| r.uid == self.uid)
+            .cloned()
+    }
+
+    /// Passes a leader barrier, then checks the record is still `decided_on`:
+    /// a command goes out only if it follows from state at least as new as
+    /// this term's commit index. False: re-decide (nudged).
+    async fn fresh(
+        &self,
         myself: &ActorRef<SandboxMsg>,
-    ) -> Result<bool, ActorProcessingErr> {
+        decided_on: &SandboxRecord,
+    ) -> Result<bool, StepError> {
+        self.ctx.barrier().await?;
+        let unchanged = self.record().is_some_and(|now| {
+            now.revision == decided_on.revision
+                && now.desired == decided_on.desired
+                && now.operation == decided_on.operation
+                && now.node == decided_on.node
+        });
+        if !unchanged {
+            let _ = myself.send_message(SandboxMsg::Nudge);
+        }
+        Ok(unchanged)
+    }
+
+    /// One reconcile step. Returns false when the actor should stop.
+    async fn reconcile(&mut self, myself: &ActorRef<SandboxMsg>) -> Result<bool, StepError> {
         // The record and its node's replicated liveness, read together.
         let (record, node_ready) = {
             let state = self.ctx.node.state().read();
@@ -144,7 +203,7 @@ impl SandboxState {
             self.last_error = Some("the node did not answer a command in time".to_string());
         }
         let link = match &record.node {
-            Some(node) => self.ctx.directory.link(node, &record.name),
+            Some(node) => self.ctx.directory.link(node, &record.uid),
             None => Link::Disconnected,
         };
         if self
@@ -165,6 +224,7 @@ impl SandboxState {
         }
         // While the old revision is being stopped, the container's desired
         // state is Stopped; everything else follows the record.
+        let decided_on = record.clone();
         let mut record = record;
         if record
             .active_operation()
@@ -194,7 +254,6 @@ impl SandboxState {
                 || status.container_id != record.container_id;
             if changed {
                 self.ctx
-                    .node
                     .write(Command::SetSandboxStatus {
                         name: record.name.clone(),
                         uid: record.uid.clone(),
@@ -210,7 +269,6 @@ impl SandboxState {
             Action::Schedule(node) => {
                 tracing::info!(sandbox = %record.name, %node, "placing sandbox");
                 self.ctx
-                    .node
                     .write(Command::ScheduleSandbox {
                         name: record.name.clone(),
                         uid: record.uid.clone(),
@@ -226,6 +284,9 @@ impl SandboxState {
                 let Some(node_actor) = self.ctx.directory.actor(node) else {
                     return Ok(true);
                 };
+                if !self.fresh(myself, &decided_on).await? {
+                    return Ok(true);
+                }
                 if op == AgentOp::Ensure && self.last_error.is_none() {
                     // A restart after an exit waits its backoff too.
                     if let Link::Connected(Some(o)) = &link {
@@ -238,17 +299,17 @@ impl SandboxState {
                 tracing::debug!(sandbox = %record.name, ?op, "sending command");
                 node_actor.send_message(NodeMsg::Send {
                     op: op_for(op, &record),
-                    reply_to: myself.clone(),
+                    reply_to: myself.clone().into(),
                 })?;
                 self.inflight = Some((Inflight::Container, Instant::now()));
             }
             Action::Forget => {
                 tracing::info!(sandbox = %record.name, "sandbox removed from its node; forgetting it");
                 self.ctx
-                    .node
                     .write(Command::RemoveSandbox {
                         name: record.name.clone(),
                         uid: record.uid.clone(),
+                        at_ms: now_ms(),
                     })
                     .await?;
                 return Ok(false);
@@ -266,7 +327,7 @@ impl SandboxState {
         record: &SandboxRecord,
         op: &Operation,
         link: &Link,
-    ) -> Result<bool, ActorProcessingErr> {
+    ) -> Result<bool, StepError> {
         if self.progress.op_id != op.id {
             self.progress = Progress {
                 op_id: op.id.clone(),
@@ -287,7 +348,8 @@ impl SandboxState {
         let elapsed = u64::try_from(now - op.phase_started_at_ms).unwrap_or(0);
         if op.phase == UpdatePhase::Verifying && elapsed >= op.policy.min_healthy_ms {
             if let (Some(command), Some(addr)) = (readiness.clone(), self.data_addr(record)) {
-                self.progress.probe = Some(super::probe::run(&addr, &record.name, command).await);
+                self.progress.probe =
+                    Some(super::probe::run(&addr, &record.name, &record.uid, command).await);
             }
         }
         let event = update_step::observe(&Observations {
@@ -307,7 +369,7 @@ impl SandboxState {
                 Command::AdvanceOperation { to, .. } => Some(*to),
                 _ => None,
             };
-            self.ctx.node.write(command).await?;
+            self.ctx.write(command).await?;
             if let Some(to) = to {
                 crate::chaos::after_phase_committed(to.as_str());
             }
@@ -317,6 +379,22 @@ impl SandboxState {
             self.next_attempt = Instant::now();
             let _ = myself.send_message(SandboxMsg::Nudge);
             return Ok(true);
+        }
+        // The node's pull progress, for `update --wait`.
+        let pulled = observed
+            .as_ref()
+            .filter(|o| o.uid == record.uid)
+            .map(|o| o.pull_progress.as_str())
+            .filter(|p| !p.is_empty() && *p != op.progress);
+        if let (UpdatePhase::Pulling, Some(progress)) = (op.phase, pulled) {
+            self.ctx
+                .write(Command::SetOperationProgress {
+                    name: record.name.clone(),
+                    uid: record.uid.clone(),
+                    operation_id: op.id.clone(),
+                    progress: progress.to_string(),
+                })
+                .await?;
         }
         if op.phase == UpdatePhase::Pulling
             && self.inflight.is_none()
@@ -329,12 +407,16 @@ impl SandboxState {
             let Some(node_actor) = self.ctx.directory.actor(node) else {
                 return Ok(true);
             };
+            if !self.fresh(myself, record).await? {
+                return Ok(true);
+            }
             node_actor.send_message(NodeMsg::Send {
                 op: command::Op::Pull(Pull {
                     name: record.name.clone(),
                     image: rev.spec.image.clone(),
+                    uid: record.uid.clone(),
                 }),
-                reply_to: myself.clone(),
+                reply_to: myself.clone().into(),
             })?;
             self.inflight = Some((Inflight::Pull, Instant::now()));
             return Ok(true);
@@ -402,6 +484,8 @@ impl Actor for SandboxActor {
             running_since: None,
             next_attempt: Instant::now(),
             last_error: None,
+            step_failures: 0,
+            step_retry_at: Instant::now(),
         })
     }
 
@@ -414,8 +498,18 @@ impl Actor for SandboxActor {
         if let SandboxMsg::CommandDone(result) = msg {
             state.on_result(*result);
         }
-        if !state.reconcile(&myself).await? {
-            myself.stop(None);
+        if Instant::now() < state.step_retry_at {
+            return Ok(()); // backing off after a failed step
+        }
+        match state.reconcile(&myself).await {
+            Ok(true) => state.step_failures = 0,
+            Ok(false) => myself.stop(None),
+            Err(e) => {
+                state.step_failures = state.step_failures.saturating_add(1);
+                let delay = backoff(state.step_failures - 1);
+                state.step_retry_at = Instant::now() + delay;
+                tracing::warn!(sandbox = %state.name, error = %e, retry_in = ?delay, "reconcile step failed; retrying");
+            }
         }
         Ok(())
     }

@@ -1,24 +1,29 @@
 //! `Supervisor`: the root of one leadership term's actor tree. Keeps one
 //! `SandboxActor` per sandbox in the state machine (spawning and stopping
-//! them as records come and go), one `NodeActor` per agent session, and
-//! marks nodes NotReady when they stop reporting.
+//! them as records come and go), one `NodeActor` per agent session, marks
+//! nodes NotReady when they stop reporting, and has kept volumes that an
+//! operator deleted removed by their node (then forgets them).
 //!
-//! Invariants kept here: a failed child is restarted with exponential
-//! backoff up to a limit, never in a hot loop; a node that stops reporting
-//! is marked NotReady through Raft and nothing of it is deleted or moved.
+//! Invariants kept here: a failed child (a panic: actors do not fail on
+//! expected errors) is restarted with exponential backoff capped at 30 s,
+//! never in a hot loop and never given up on: no sandbox is abandoned for
+//! the rest of a term. A child that then runs for a while has its restart
+//! count reset. A node that stops reporting is marked NotReady through Raft
+//! and nothing of it is deleted or moved.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::agent_v1::{AgentMessage, Register};
+use berth_proto::agent_v1::{command, AgentMessage, CommandResult, Register, Remove};
+use berth_raft::model::KeptVolume;
 use berth_raft::Command;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::time::Instant;
 use tonic::Streaming;
 
-use super::node_actor::{sandbox_actor_name, NodeActor, NodeArgs, Outbound};
+use super::node_actor::{sandbox_actor_name, NodeActor, NodeArgs, NodeMsg, Outbound, ReplyTo};
 use super::sandbox_actor::{SandboxActor, SandboxArgs};
 use super::LeaderCtx;
 use crate::clock::now_ms;
@@ -26,15 +31,25 @@ use crate::clock::now_ms;
 const TICK: Duration = Duration::from_millis(500);
 /// A node silent this long is marked NotReady.
 const NODE_GRACE: Duration = Duration::from_secs(5);
-/// Restarts of one child before the supervisor gives up on it.
-const MAX_RESTARTS: u32 = 10;
+/// Longest pause before restarting a failed child.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A child running this long since its last restart has its count reset.
+const RESTART_RESET: Duration = Duration::from_secs(60);
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
 pub enum SupervisorMsg {
     Tick,
     AgentConnected(Box<AgentSession>),
+    /// The result of removing a kept volume on its node.
+    VolumeRemoved {
+        volume: String,
+        result: Box<CommandResult>,
+    },
 }
+
+/// A volume removal unanswered this long is sent again.
+const VOLUME_RETRY: Duration = Duration::from_secs(30);
 
 /// A new agent session, handed over by the `AgentControl` service.
 pub struct AgentSession {
@@ -50,12 +65,19 @@ struct Restarts {
     not_before: Instant,
 }
 
+/// The pause before the `count`-th restart: 200 ms doubling, capped.
+fn restart_delay(count: u32) -> Duration {
+    Duration::from_millis(200u64 << count.min(8)).min(MAX_RESTART_DELAY)
+}
+
 pub struct SupervisorState {
     ctx: Arc<LeaderCtx>,
     /// Sandbox name -> (uid, actor).
     sandboxes: HashMap<String, (String, ActorRef<super::sandbox_actor::SandboxMsg>)>,
     restarts: HashMap<String, Restarts>,
     started: Instant,
+    /// Kept volumes whose removal was sent, and when.
+    volumes_inflight: HashMap<String, Instant>,
 }
 
 impl SupervisorState {
@@ -80,7 +102,7 @@ impl SupervisorState {
                 continue;
             }
             if let Some(r) = self.restarts.get(&name) {
-                if r.count > MAX_RESTARTS || Instant::now() < r.not_before {
+                if Instant::now() < r.not_before {
                     continue;
                 }
             }
@@ -104,6 +126,67 @@ impl SupervisorState {
                     tracing::debug!(sandbox = %name, error = %e, "sandbox actor not started yet")
                 }
             }
+        }
+    }
+
+    /// Asks the node of every kept volume marked for deletion to remove
+    /// it (by the uid of the sandbox it was kept from: a new sandbox of
+    /// the same name is never touched).
+    async fn sync_volumes(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let deleting: Vec<KeptVolume> = {
+            let state = self.ctx.node.state().read();
+            state
+                .table
+                .volumes()
+                .filter(|v| v.deleting)
+                .cloned()
+                .collect()
+        };
+        self.volumes_inflight.retain(|v, sent| {
+            deleting.iter().any(|d| &d.volume == v) && sent.elapsed() < VOLUME_RETRY
+        });
+        for v in deleting {
+            if self.volumes_inflight.contains_key(&v.volume) {
+                continue;
+            }
+            let Some(node_actor) = self.ctx.directory.actor(&v.node) else {
+                continue;
+            };
+            if let Err(e) = self.ctx.barrier().await {
+                tracing::debug!(error = %e, "not removing kept volumes now");
+                return;
+            }
+            let op = command::Op::Remove(Remove {
+                name: v.sandbox.clone(),
+                uid: v.uid.clone(),
+                volume: v.volume.clone(),
+                keep_volume: false,
+                volume_uid: v.uid.clone(),
+            });
+            let reply_to = ReplyTo::Volume(myself.clone(), v.volume.clone());
+            if node_actor
+                .send_message(NodeMsg::Send { op, reply_to })
+                .is_ok()
+            {
+                tracing::info!(volume = %v.volume, node = %v.node, "removing kept volume");
+                self.volumes_inflight.insert(v.volume, Instant::now());
+            }
+        }
+    }
+
+    async fn volume_removed(&mut self, volume: String, result: CommandResult) {
+        self.volumes_inflight.remove(&volume);
+        let gone = result.ok && result.observed.as_ref().is_some_and(|o| !o.volume_present);
+        if !gone {
+            tracing::warn!(%volume, error = %result.error, "kept volume not removed yet; retrying");
+            return;
+        }
+        let command = Command::ForgetVolume {
+            volume: volume.clone(),
+        };
+        match self.ctx.write(command).await {
+            Ok(_) => tracing::info!(%volume, "kept volume removed"),
+            Err(e) => tracing::warn!(%volume, error = %e, "cannot forget the removed volume yet"),
         }
     }
 
@@ -133,7 +216,7 @@ impl SupervisorState {
                 message: format!("no heartbeat for {}s", NODE_GRACE.as_secs()),
                 at_ms: now_ms(),
             };
-            if let Err(e) = self.ctx.node.write(command).await {
+            if let Err(e) = self.ctx.write(command).await {
                 tracing::warn!(node = %name, error = %e, "cannot mark node NotReady");
             }
         }
@@ -154,14 +237,15 @@ impl SupervisorState {
                 count: 0,
                 not_before: Instant::now(),
             });
-            r.count += 1;
-            let delay = Duration::from_millis(200u64 << r.count.min(8));
-            r.not_before = Instant::now() + delay;
-            if r.count > MAX_RESTARTS {
-                tracing::error!(sandbox = %name, "sandbox actor failed {MAX_RESTARTS} times; not restarting it until the next leadership term");
-            } else {
-                tracing::warn!(sandbox = %name, restart_in = ?delay, "sandbox actor failed; restarting");
+            // A child that ran long enough since its last restart starts
+            // its count afresh.
+            if r.not_before.elapsed() >= RESTART_RESET {
+                r.count = 0;
             }
+            r.count = r.count.saturating_add(1);
+            let delay = restart_delay(r.count);
+            r.not_before = Instant::now() + delay;
+            tracing::warn!(sandbox = %name, restarts = r.count, restart_in = ?delay, "sandbox actor failed; restarting");
         }
     }
 }
@@ -183,6 +267,7 @@ impl Actor for Supervisor {
             sandboxes: HashMap::new(),
             restarts: HashMap::new(),
             started: Instant::now(),
+            volumes_inflight: HashMap::new(),
         })
     }
 
@@ -200,6 +285,10 @@ impl Actor for Supervisor {
                     .actors
                     .store(state.sandboxes.len(), Ordering::Relaxed);
                 state.check_nodes().await;
+                state.sync_volumes(&myself).await;
+            }
+            SupervisorMsg::VolumeRemoved { volume, result } => {
+                state.volume_removed(volume, *result).await;
             }
             SupervisorMsg::AgentConnected(session) => {
                 let AgentSession {
@@ -238,5 +327,19 @@ impl Actor for Supervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_but_never_stop() {
+        assert_eq!(restart_delay(1), Duration::from_millis(400));
+        assert_eq!(restart_delay(3), Duration::from_millis(1_600));
+        for count in [8, 9, 100, u32::MAX] {
+            assert_eq!(restart_delay(count), MAX_RESTART_DELAY, "{count}");
+        }
     }
 }

@@ -43,12 +43,15 @@ fn running_at(observed: Option<&Observed>, revision: u64) -> bool {
     observed.is_some_and(|o| o.state() == ContainerState::Running && o.revision == revision)
 }
 
-/// The event the observations imply, if any.
+/// The event the observations imply, if any. Every non-terminal phase ends
+/// by `Deadline` once it is overdue, whatever is (or is not) observed: a
+/// lost node or a stuck engine cannot hold an operation (invariant 6).
 pub fn observe(o: &Observations<'_>) -> Option<Event> {
     let op = o.op;
     let elapsed = u64::try_from(o.now_ms - op.phase_started_at_ms).unwrap_or(0);
     let observed = o.observed.filter(|obs| obs.uid == o.record.uid);
-    match op.phase {
+    let overdue = op.policy.overdue(op.phase, elapsed);
+    let event = match op.phase {
         UpdatePhase::Pending => Some(Event::Begin),
         UpdatePhase::Pulling => match &o.progress.pull {
             Some(Ok(())) => Some(Event::Pulled),
@@ -66,10 +69,8 @@ pub fn observe(o: &Observations<'_>) -> Option<Event> {
         UpdatePhase::StartingNew => {
             if running_at(observed, op.to_revision) {
                 Some(Event::Started)
-            } else if let Some(e) = &o.progress.command_error {
-                Some(Event::StartFailed(e.clone()))
             } else {
-                (elapsed > op.policy.health_timeout_ms).then_some(Event::Deadline)
+                o.progress.command_error.clone().map(Event::StartFailed)
             }
         }
         UpdatePhase::Verifying => {
@@ -85,12 +86,12 @@ pub fn observe(o: &Observations<'_>) -> Option<Event> {
             let probe_ok = !o.readiness_required || matches!(o.progress.probe, Some(Ok(())));
             if elapsed >= op.policy.min_healthy_ms && probe_ok && o.node_known {
                 Some(Event::Healthy)
-            } else if elapsed > op.policy.health_timeout_ms {
+            } else if overdue {
                 match &o.progress.probe {
                     Some(Err(e)) => {
                         Some(Event::Unhealthy(format!("its readiness probe failed: {e}")))
                     }
-                    _ => Some(Event::Deadline),
+                    _ => None,
                 }
             } else {
                 None
@@ -107,7 +108,8 @@ pub fn observe(o: &Observations<'_>) -> Option<Event> {
         | UpdatePhase::Aborted
         | UpdatePhase::RolledBack
         | UpdatePhase::Failed => None,
-    }
+    };
+    event.or_else(|| overdue.then_some(Event::Deadline))
 }
 
 /// Why the operation ended up where `event` takes it, for operators.
@@ -129,14 +131,25 @@ fn reason(record: &SandboxRecord, op: &Operation, event: &Event, auto_rollback: 
         Event::StopFailed(e) => format!("stopping revision {from} failed: {e}; restoring it"),
         Event::StartFailed(e) => format!("revision {to} did not start: {e}; {next}"),
         Event::Unhealthy(e) => format!("revision {to} was unhealthy: {e}; {next}"),
-        Event::Deadline => format!(
-            "revision {to} was not healthy within {} s; {next}",
-            op.policy.health_timeout_ms / 1000
-        ),
+        Event::Deadline => {
+            let secs = op.policy.deadline_ms(op.phase).unwrap_or(0) / 1000;
+            match op.phase {
+                UpdatePhase::Pending | UpdatePhase::Pulling => format!(
+                    "the new image was not ready on the node within {secs} s (is the node reachable?); revision {from} was never stopped"
+                ),
+                UpdatePhase::StoppingOld => format!(
+                    "revision {from} did not stop within {secs} s (is the node reachable?); restoring it"
+                ),
+                UpdatePhase::RollingBack => format!(
+                    "revision {from} was not running again within {secs} s (is the node reachable?); berth keeps retrying it with backoff; fix the cause, or roll back to another revision with `berth sandbox rollback {name} --to-revision N`"
+                ),
+                _ => format!("revision {to} was not healthy within {secs} s; {next}"),
+            }
+        }
         Event::RollbackFailed(e) => format!(
             "rolling back to revision {from} failed: {e}; berth keeps retrying it with backoff; fix the cause, or roll back to another revision with `berth sandbox rollback {name} --to-revision N`"
         ),
-        Event::Begin | Event::Pulled | Event::OldStopped | Event::Started | Event::Healthy | Event::RolledBack | Event::Abort => {
+        Event::Begin | Event::Pulled | Event::OldStopped | Event::Started | Event::Healthy | Event::RolledBack | Event::Abort | Event::Deleted => {
             String::new()
         }
     }

@@ -53,15 +53,16 @@ impl Leadership {
         leadership
     }
 
+    /// Kills the tree at once (ractor kills every descendant of a killed
+    /// actor): its actors are interrupted mid-step, and
+    /// anything one of them still proposes carries the old term and is
+    /// refused by the state machine (invariant 3).
     async fn stop_current(&self) {
         let current = self.lock().take();
         if let Some((term, supervisor)) = current {
-            tracing::info!(term, "leadership ended; stopping sandbox actors");
+            tracing::info!(term, "leadership ended; killing the sandbox actors");
             let _ = supervisor
-                .stop_and_wait(
-                    Some("leadership ended".to_string()),
-                    Some(Duration::from_secs(10)),
-                )
+                .kill_and_wait(Some(Duration::from_secs(10)))
                 .await;
         }
     }

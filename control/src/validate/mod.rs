@@ -10,6 +10,76 @@ pub use image_ref::validate_image;
 use crate::error::ApiError;
 
 const MAX_ENV_VARS: usize = 256;
+/// Longest environment variable name.
+pub const MAX_ENV_KEY_BYTES: usize = 256;
+/// Longest environment variable value.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// All names and values of a sandbox's env together.
+pub const MAX_ENV_TOTAL_BYTES: usize = 256 * 1024;
+
+/// The proposal for a client's command: its request id if it gave one
+/// (validated), else a fresh one, so this node's own retries of the write
+/// are answered, never applied twice.
+pub fn client_proposal(
+    command: berth_raft::Command,
+    request_id: String,
+) -> Result<berth_raft::Proposal, ApiError> {
+    let id = if request_id.is_empty() {
+        format!("auto-{}", uuid::Uuid::new_v4())
+    } else {
+        validate_request_id(&request_id)?;
+        request_id
+    };
+    Ok(berth_raft::Proposal::with_request_id(command, id))
+}
+
+/// A node (agent) name: as the agent accepts it.
+pub fn validate_node_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!(
+            "invalid node name {name:?}: 1-253 of [A-Za-z0-9_.-]"
+        )))
+    }
+}
+
+/// A kept volume's name: what the container engine accepts.
+pub fn validate_volume_name(volume: &str) -> Result<(), ApiError> {
+    let ok = !volume.is_empty()
+        && volume.len() <= 200
+        && volume.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && volume
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!(
+            "invalid volume name {volume:?}: 1-200 of [A-Za-z0-9_.-], starting with a letter or digit"
+        )))
+    }
+}
+
+/// A request id is 1-128 printable ASCII characters.
+pub fn validate_request_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= berth_raft::model::MAX_REQUEST_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!(
+            "invalid request id {id:?}: must be 1-{} printable ASCII characters",
+            berth_raft::model::MAX_REQUEST_ID_LEN
+        )))
+    }
+}
 
 /// A sandbox name must be a DNS-1123 label: at most 63 characters of
 /// lowercase letters, digits and '-', starting and ending with a letter or
@@ -47,13 +117,34 @@ pub fn validate_policy(policy: &str) -> Result<(), ApiError> {
 }
 
 /// Environment variable names are POSIX names; values must not hold NUL.
+/// Limits: 256 variables, names of at most 256 bytes, values of at most
+/// 32 KiB, 256 KiB in all.
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if env.len() > MAX_ENV_VARS {
         return Err(ApiError::Invalid(format!(
             "at most {MAX_ENV_VARS} environment variables"
         )));
     }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ENV_TOTAL_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "the environment is {total} bytes; the limit is {MAX_ENV_TOTAL_BYTES} bytes (256 KiB)"
+        )));
+    }
     for (key, value) in env {
+        if key.len() > MAX_ENV_KEY_BYTES {
+            return Err(ApiError::Invalid(format!(
+                "environment variable name {}... is {} bytes; the limit is {MAX_ENV_KEY_BYTES}",
+                key.chars().take(32).collect::<String>(),
+                key.len()
+            )));
+        }
+        if value.len() > MAX_ENV_VALUE_BYTES {
+            return Err(ApiError::Invalid(format!(
+                "environment variable {key} is {} bytes; the limit is {MAX_ENV_VALUE_BYTES} bytes (32 KiB)",
+                value.len()
+            )));
+        }
         let mut bytes = key.bytes();
         let valid_start = bytes
             .next()
@@ -76,6 +167,30 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use berth_proto::policy::MAX_POLICY_BYTES;
+
+    #[test]
+    fn env_sizes_are_bounded() {
+        let ok = BTreeMap::from([("K".to_string(), "v".repeat(MAX_ENV_VALUE_BYTES))]);
+        assert!(validate_env(&ok).is_ok());
+        let long_value = BTreeMap::from([("K".to_string(), "v".repeat(MAX_ENV_VALUE_BYTES + 1))]);
+        let err = validate_env(&long_value).unwrap_err().to_string();
+        assert!(err.contains("32 KiB"), "{err}");
+        let long_key = BTreeMap::from([("K".repeat(MAX_ENV_KEY_BYTES + 1), String::new())]);
+        assert!(validate_env(&long_key).is_err());
+        let total: BTreeMap<String, String> = (0..10)
+            .map(|i| (format!("K{i}"), "v".repeat(MAX_ENV_VALUE_BYTES)))
+            .collect();
+        let err = validate_env(&total).unwrap_err().to_string();
+        assert!(err.contains("256 KiB"), "{err}");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(validate_request_id("cli-1234").is_ok());
+        for bad in ["", "a b", "tab\t", &"x".repeat(129), "ü"] {
+            assert!(validate_request_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names() {

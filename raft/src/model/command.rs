@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::update::{UpdatePhase, UpdatePolicy};
-use super::{Desired, NodeRecord, Phase, SandboxRecord, SandboxSpec};
+use super::{Desired, KeptVolume, NodeRecord, Phase, SandboxRecord, SandboxSpec};
 
 /// A state-machine command, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +18,10 @@ pub enum Command {
         uid: String,
         spec: SandboxSpec,
         created_at_ms: i64,
+        /// Adopt this kept volume as the workspace (placing the sandbox on
+        /// its node) instead of making a new one.
+        #[serde(default)]
+        adopt_volume: Option<String>,
     },
     /// Delete a sandbox: at once if it was never placed, else marked
     /// Deleting until its node has removed it.
@@ -42,8 +46,20 @@ pub enum Command {
         message: String,
         container_id: String,
     },
-    /// Forget a sandbox its node has deleted.
-    RemoveSandbox { name: String, uid: String },
+    /// Forget a sandbox its node has deleted (recording its volume as
+    /// kept when it was deleted with `keep_volume`).
+    RemoveSandbox {
+        name: String,
+        uid: String,
+        #[serde(default)]
+        at_ms: i64,
+    },
+    /// Delete a kept volume: marked, then removed by its node.
+    DeleteVolume { volume: String },
+    /// Forget a kept volume its node has removed.
+    ForgetVolume { volume: String },
+    /// Let the next agent instance that registers as `name` take over.
+    ReplaceNode { name: String },
     /// An agent registered (or re-registered) with the leader.
     RegisterNode {
         name: String,
@@ -52,6 +68,9 @@ pub enum Command {
         cpus: u32,
         memory_bytes: u64,
         at_ms: i64,
+        /// The agent's persisted instance id (see `NodeRecord`).
+        #[serde(default)]
+        instance_id: String,
     },
     /// Start an update to `spec` (a new revision), optionally only if the
     /// sandbox is still at `expected_revision`.
@@ -62,6 +81,10 @@ pub enum Command {
         expected_revision: Option<u64>,
         policy: UpdatePolicy,
         at_ms: i64,
+        /// Keep at most this many revisions that are not stable (0: all);
+        /// older ones are pruned. Chosen by the proposing node.
+        #[serde(default)]
+        keep_revisions: u32,
     },
     /// Roll back: abort the update in progress, or go back to `to_revision`
     /// (default: the last stable revision other than the current one).
@@ -85,6 +108,13 @@ pub enum Command {
         mark_stable: Option<u64>,
         at_ms: i64,
     },
+    /// Record how far the operation's image pull is (only while Pulling).
+    SetOperationProgress {
+        name: String,
+        uid: String,
+        operation_id: String,
+        progress: String,
+    },
     /// An agent's liveness changed.
     SetNodeReady {
         name: String,
@@ -94,12 +124,108 @@ pub enum Command {
     },
 }
 
+/// What is proposed through Raft: a command plus the rules for applying it.
+///
+/// - `term`: set by the leader's actors to the term their actor tree was
+///   started for. The state machine refuses the command unless that is the
+///   term of the log entry carrying it, so a deposed leader's actors can
+///   never commit anything, not even by forwarding to the new leader.
+/// - `request_id`: a client's idempotency key. The state machine remembers
+///   the response to each id for a bounded window ([`REQUEST_WINDOW`]
+///   requests); a retry with the same id gets the first response and
+///   applies nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub command: Command,
+    #[serde(default)]
+    pub term: Option<u64>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// How many client request ids the state machine remembers.
+pub const REQUEST_WINDOW: usize = 10_000;
+/// Longest accepted request id.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+impl Proposal {
+    /// A command with no term and no request id.
+    pub fn new(command: Command) -> Self {
+        Self {
+            command,
+            term: None,
+            request_id: None,
+        }
+    }
+
+    /// A command proposed by the actor tree of leadership term `term`.
+    pub fn in_term(command: Command, term: u64) -> Self {
+        Self {
+            term: Some(term),
+            ..Self::new(command)
+        }
+    }
+
+    /// A client's command with its idempotency key.
+    pub fn with_request_id(command: Command, request_id: String) -> Self {
+        Self {
+            request_id: Some(request_id),
+            ..Self::new(command)
+        }
+    }
+}
+
+impl From<Command> for Proposal {
+    fn from(command: Command) -> Self {
+        Self::new(command)
+    }
+}
+
+impl Command {
+    /// What the command is about, to tell a reused request id apart:
+    /// the variant and the sandbox or node it names.
+    pub fn subject(&self) -> String {
+        let (kind, name) = match self {
+            Command::CreateSandbox { name, .. } => ("create", name),
+            Command::DeleteSandbox { name, .. } => ("delete", name),
+            Command::SetDesired { name, .. } => ("set-desired", name),
+            Command::ScheduleSandbox { name, .. } => ("schedule", name),
+            Command::SetSandboxStatus { name, .. } => ("status", name),
+            Command::RemoveSandbox { name, .. } => ("remove", name),
+            Command::RegisterNode { name, .. } => ("register-node", name),
+            Command::DeleteVolume { volume } => ("delete-volume", volume),
+            Command::ForgetVolume { volume } => ("forget-volume", volume),
+            Command::ReplaceNode { name } => ("replace-node", name),
+            Command::UpdateSandbox { name, .. } => ("update", name),
+            Command::RollbackSandbox { name, .. } => ("rollback", name),
+            Command::AdvanceOperation { name, .. } => ("advance", name),
+            Command::SetNodeReady { name, .. } => ("node-ready", name),
+            Command::SetOperationProgress { name, .. } => ("progress", name),
+        };
+        format!("{kind} {name}")
+    }
+}
+
+/// A remembered response to a client request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: String,
+    /// Log index of the entry that first carried the id (orders eviction).
+    pub index: u64,
+    /// [`Command::subject`] of that command.
+    pub subject: String,
+    pub response: CommandResponse,
+}
+
 /// Why a command was refused by the state machine (it then changed nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectionKind {
     AlreadyExists,
     NotFound,
     FailedPrecondition,
+    InvalidArgument,
+    /// Proposed by an actor tree of another term than the entry's.
+    StaleTerm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +246,10 @@ pub enum CommandResponse {
     Deleted { name: String },
     /// The node record after the command.
     Node { record: NodeRecord },
+    /// The kept volume after the command.
+    Volume { volume: KeptVolume },
+    /// The kept volume was forgotten.
+    VolumeForgotten { volume: String },
     /// The command was refused and changed nothing.
     Rejected { rejection: Rejection },
 }

@@ -9,8 +9,11 @@ mod sandbox;
 mod state;
 pub mod update;
 
-pub use command::{Command, CommandResponse, Rejection, RejectionKind};
-pub use node::NodeRecord;
+pub use command::{
+    Command, CommandResponse, Proposal, Rejection, RejectionKind, RequestRecord,
+    MAX_REQUEST_ID_LEN, REQUEST_WINDOW,
+};
+pub use node::{KeptVolume, NodeRecord};
 pub use operation::{Operation, OperationKind, Revision};
 pub use sandbox::{volume_name, Desired, Phase, SandboxRecord, SandboxSpec};
 pub use state::{Change, State, NO_NODE_MESSAGE, UNSCHEDULED_MESSAGE};

@@ -19,4 +19,27 @@ pub struct NodeRecord {
     pub message: String,
     pub registered_at_ms: i64,
     pub changed_at_ms: i64,
+    /// The agent instance accepted under this name (empty: none yet). A
+    /// different instance is refused unless an operator allowed it.
+    #[serde(default)]
+    pub instance_id: String,
+    /// `berth node replace`: the next instance to register is accepted.
+    #[serde(default)]
+    pub replace_allowed: bool,
+}
+
+/// A workspace volume kept when its sandbox was deleted with
+/// `keep_volume`: listed, adoptable by a new sandbox, deletable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptVolume {
+    pub volume: String,
+    /// The node that holds it.
+    pub node: String,
+    /// The sandbox it belonged to, and that sandbox's uid (its labels).
+    pub sandbox: String,
+    pub uid: String,
+    pub kept_at_ms: i64,
+    /// An operator asked for it to be deleted; its node removes it.
+    #[serde(default)]
+    pub deleting: bool,
 }

@@ -50,6 +50,9 @@ pub struct Operation {
     /// Why it failed, rolled back or was aborted; how to proceed.
     #[serde(default)]
     pub reason: String,
+    /// While Pulling: the node's pull progress, one line.
+    #[serde(default)]
+    pub progress: String,
 }
 
 impl Operation {
@@ -74,6 +77,7 @@ impl Operation {
             updated_at_ms: at_ms,
             phase_started_at_ms: at_ms,
             reason: String::new(),
+            progress: String::new(),
         }
     }
 

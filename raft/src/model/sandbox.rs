@@ -90,6 +90,15 @@ pub struct SandboxRecord {
     /// The workspace volume, fixed at creation.
     #[serde(default)]
     pub volume: String,
+    /// The uid the volume's labels carry: the sandbox's own, or, for an
+    /// adopted volume, the uid of the sandbox it was kept from. Empty in
+    /// records written before adoption existed: the sandbox's own.
+    #[serde(default)]
+    pub volume_uid: String,
+    /// The sandbox has run on its volume (or adopted one): from now on a
+    /// missing volume is lost data, never to be recreated empty.
+    #[serde(default)]
+    pub volume_seeded: bool,
     /// Every revision of the spec, oldest first; `spec` is `revision`'s.
     #[serde(default)]
     pub revisions: Vec<Revision>,
@@ -102,6 +111,15 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
+    /// The uid the workspace volume is labelled with.
+    pub fn volume_owner(&self) -> &str {
+        if self.volume_uid.is_empty() {
+            &self.uid
+        } else {
+            &self.volume_uid
+        }
+    }
+
     pub fn revision(&self, number: u64) -> Option<&Revision> {
         self.revisions.iter().find(|r| r.number == number)
     }

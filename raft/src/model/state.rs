@@ -9,9 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use super::command::RejectionKind::{AlreadyExists, FailedPrecondition, NotFound};
+use super::command::RejectionKind::{
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StaleTerm,
+};
+use super::update::{on_operator, Admission, OperatorCommand};
 use super::{
-    volume_name, Command, CommandResponse, Desired, NodeRecord, Phase, Revision, SandboxRecord,
+    volume_name, Command, CommandResponse, Desired, KeptVolume, NodeRecord, Phase, Proposal,
+    RequestRecord, Revision, SandboxRecord, REQUEST_WINDOW,
 };
 
 /// Message of a sandbox that no node agent can take.
@@ -25,13 +29,22 @@ pub enum Change {
     PutSandbox(SandboxRecord),
     DeleteSandbox(String),
     PutNode(NodeRecord),
+    PutRequest(RequestRecord),
+    DeleteRequest(String),
+    PutVolume(KeptVolume),
+    DeleteVolume(String),
 }
 
-/// All sandboxes and nodes, by name.
+/// All sandboxes and nodes, by name, and the recent client request ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     sandboxes: BTreeMap<String, SandboxRecord>,
     nodes: BTreeMap<String, NodeRecord>,
+    requests: BTreeMap<String, RequestRecord>,
+    /// Request ids by the log index that first carried them, for eviction.
+    request_order: BTreeMap<u64, String>,
+    /// Kept workspace volumes, by volume name.
+    volumes: BTreeMap<String, KeptVolume>,
 }
 
 type Applied = (CommandResponse, Vec<Change>);
@@ -97,6 +110,80 @@ impl State {
         self.nodes.insert(record.name.clone(), record);
     }
 
+    /// Inserts a kept volume as loaded from storage or a snapshot.
+    pub fn insert_volume(&mut self, volume: KeptVolume) {
+        self.volumes.insert(volume.volume.clone(), volume);
+    }
+
+    /// Kept volumes, ordered by name.
+    pub fn volumes(&self) -> impl Iterator<Item = &KeptVolume> {
+        self.volumes.values()
+    }
+
+    pub fn volume(&self, name: &str) -> Option<&KeptVolume> {
+        self.volumes.get(name)
+    }
+
+    /// Inserts a remembered request as loaded from storage or a snapshot.
+    pub fn insert_request(&mut self, record: RequestRecord) {
+        self.request_order.insert(record.index, record.id.clone());
+        self.requests.insert(record.id.clone(), record);
+    }
+
+    /// The remembered requests, oldest first.
+    pub fn requests(&self) -> impl Iterator<Item = &RequestRecord> {
+        self.request_order
+            .values()
+            .filter_map(|id| self.requests.get(id))
+    }
+
+    /// Applies a proposal carried by the log entry at (`term`, `index`):
+    /// refuses a command proposed for another leadership term, answers a
+    /// known request id with its first response, and otherwise applies the
+    /// command (remembering the response under its request id).
+    pub fn apply_proposal(&mut self, term: u64, index: u64, proposal: &Proposal) -> Applied {
+        if let Some(proposed) = proposal.term {
+            if proposed != term {
+                let msg = format!(
+                    "{} was proposed by the leader of term {proposed}, but the entry is of term {term}",
+                    proposal.command.subject()
+                );
+                return (CommandResponse::rejected(StaleTerm, msg), vec![]);
+            }
+        }
+        let Some(id) = &proposal.request_id else {
+            return self.apply(&proposal.command);
+        };
+        let subject = proposal.command.subject();
+        if let Some(first) = self.requests.get(id) {
+            if first.subject != subject {
+                let msg = format!(
+                    "request id {id:?} was already used for {:?}; use a new id for {subject:?}",
+                    first.subject
+                );
+                return (CommandResponse::rejected(InvalidArgument, msg), vec![]);
+            }
+            return (first.response.clone(), vec![]);
+        }
+        let (response, mut changes) = self.apply(&proposal.command);
+        let record = RequestRecord {
+            id: id.clone(),
+            index,
+            subject,
+            response: response.clone(),
+        };
+        self.insert_request(record.clone());
+        changes.push(Change::PutRequest(record));
+        while self.requests.len() > REQUEST_WINDOW {
+            let Some((_, oldest)) = self.request_order.pop_first() else {
+                break;
+            };
+            self.requests.remove(&oldest);
+            changes.push(Change::DeleteRequest(oldest));
+        }
+        (response, changes)
+    }
+
     /// The sandbox `name` if its uid is `uid`.
     pub(super) fn current(&self, name: &str, uid: &str) -> Option<&SandboxRecord> {
         self.sandboxes.get(name).filter(|r| r.uid == uid)
@@ -113,6 +200,12 @@ impl State {
                     self.sandboxes.remove(name);
                 }
                 Change::PutNode(n) => self.insert_node(n.clone()),
+                // Requests are kept by `apply_proposal`.
+                Change::PutRequest(_) | Change::DeleteRequest(_) => {}
+                Change::PutVolume(v) => self.insert_volume(v.clone()),
+                Change::DeleteVolume(v) => {
+                    self.volumes.remove(v);
+                }
             }
         }
         (response, changes)
@@ -129,10 +222,14 @@ impl State {
                 uid,
                 spec,
                 created_at_ms,
+                adopt_volume,
             } => {
                 if self.sandboxes.contains_key(name) {
                     let msg = format!("sandbox {name:?} already exists");
                     return (CommandResponse::rejected(AlreadyExists, msg), vec![]);
+                }
+                if let Some(volume) = adopt_volume {
+                    return self.create_adopting(name, uid, spec, *created_at_ms, volume);
                 }
                 put(SandboxRecord {
                     name: name.clone(),
@@ -146,6 +243,8 @@ impl State {
                     node: None,
                     container_id: String::new(),
                     volume: volume_name(name, uid),
+                    volume_uid: uid.clone(),
+                    volume_seeded: false,
                     revisions: vec![Revision {
                         number: 1,
                         spec: spec.clone(),
@@ -160,6 +259,8 @@ impl State {
                 let Some(record) = self.sandboxes.get(name) else {
                     return not_found(name);
                 };
+                // A delete ends the operation in progress, if any.
+                let record = &abort_for_delete(record);
                 match &record.node {
                     None => (
                         CommandResponse::Deleted { name: name.clone() },
@@ -187,6 +288,20 @@ impl State {
                 if matches!(desired, Desired::Deleted { .. }) {
                     let msg = "use DeleteSandbox to delete a sandbox";
                     return (CommandResponse::rejected(FailedPrecondition, msg), vec![]);
+                }
+                if let Some(op) = record.active_operation() {
+                    let command = match desired {
+                        Desired::Stopped => OperatorCommand::Stop,
+                        _ => OperatorCommand::Start,
+                    };
+                    let refused = on_operator(op.phase, command, &op.policy) == Admission::Refuse;
+                    if refused && record.desired != *desired {
+                        let msg = format!(
+                            "{}; stop and start wait until it ends (or roll it back with `berth sandbox rollback {name}`)",
+                            op.describe()
+                        );
+                        return (CommandResponse::rejected(FailedPrecondition, msg), vec![]);
+                    }
                 }
                 let mut record = record.clone();
                 record.desired = *desired;
@@ -231,6 +346,9 @@ impl State {
                 record.phase = *phase;
                 record.message = message.clone();
                 record.container_id = container_id.clone();
+                if *phase == Phase::Running {
+                    record.volume_seeded = true;
+                }
                 // Running outside an operation verifies the current revision.
                 let verified = *phase == Phase::Running
                     && record.active_operation().is_none()
@@ -241,18 +359,31 @@ impl State {
                 }
                 put(record)
             }
-            Command::RemoveSandbox { name, uid } => {
-                if self.current(name, uid).is_none() {
+            Command::RemoveSandbox { name, uid, at_ms } => {
+                let Some(record) = self.current(name, uid) else {
                     return not_found(name);
+                };
+                let mut changes = vec![Change::DeleteSandbox(name.clone())];
+                let kept = matches!(record.desired, Desired::Deleted { keep_volume: true });
+                if let (true, Some(node)) = (kept, &record.node) {
+                    changes.push(Change::PutVolume(KeptVolume {
+                        volume: record.volume.clone(),
+                        node: node.clone(),
+                        sandbox: name.clone(),
+                        uid: record.volume_owner().to_string(),
+                        kept_at_ms: *at_ms,
+                        deleting: false,
+                    }));
                 }
-                (
-                    CommandResponse::Deleted { name: name.clone() },
-                    vec![Change::DeleteSandbox(name.clone())],
-                )
+                (CommandResponse::Deleted { name: name.clone() }, changes)
             }
+            Command::DeleteVolume { .. }
+            | Command::ForgetVolume { .. }
+            | Command::ReplaceNode { .. } => self.decide_volume_or_node(command),
             Command::UpdateSandbox { .. }
             | Command::RollbackSandbox { .. }
-            | Command::AdvanceOperation { .. } => self.decide_operation(command),
+            | Command::AdvanceOperation { .. }
+            | Command::SetOperationProgress { .. } => self.decide_operation(command),
             Command::RegisterNode {
                 name,
                 driver,
@@ -260,7 +391,18 @@ impl State {
                 cpus,
                 memory_bytes,
                 at_ms,
+                instance_id,
             } => {
+                if let Some(known) = self.nodes.get(name) {
+                    let other = !known.instance_id.is_empty() && known.instance_id != *instance_id;
+                    if other && !known.replace_allowed {
+                        let msg = format!(
+                            "node name {name:?} belongs to agent instance {}, not {instance_id}: two agents cannot share a node name (a cloned data dir, or the same --node-name on two hosts). If this machine replaces that node, stop the old agent and run `berth node replace {name}`",
+                            known.instance_id
+                        );
+                        return (CommandResponse::rejected(FailedPrecondition, msg), vec![]);
+                    }
+                }
                 let registered_at_ms = self.nodes.get(name).map_or(*at_ms, |n| n.registered_at_ms);
                 let record = NodeRecord {
                     name: name.clone(),
@@ -272,6 +414,8 @@ impl State {
                     message: "registered".to_string(),
                     registered_at_ms,
                     changed_at_ms: *at_ms,
+                    instance_id: instance_id.clone(),
+                    replace_allowed: false,
                 };
                 (
                     CommandResponse::Node {
@@ -305,7 +449,24 @@ impl State {
     }
 }
 
+/// The record with its active operation (if any) ended because the
+/// sandbox is being deleted.
+fn abort_for_delete(record: &SandboxRecord) -> SandboxRecord {
+    let mut record = record.clone();
+    if let Some(op) = record.operation.as_mut().filter(|o| o.is_active()) {
+        if let Admission::Abort(phase, _) =
+            on_operator(op.phase, OperatorCommand::Delete, &op.policy)
+        {
+            op.reason = format!("the sandbox was deleted during {}", op.phase.as_str());
+            op.phase = phase;
+            op.attempts += 1;
+        }
+    }
+    record
+}
+
 mod operations;
+mod volumes;
 
 #[cfg(test)]
 mod tests;

@@ -3,10 +3,12 @@
 //! the internal `Forward` RPC, following leadership changes until the
 //! request deadline.
 //!
-//! Invariant kept here: an operation is retried only when it surely did not
-//! run (this node or the target was not the leader, or the leader was
-//! unreachable); a proposal that timed out waiting for a quorum is reported
-//! as `Unavailable`, never proposed twice.
+//! Invariant kept here: a write is never applied twice because it was
+//! retried. A write with a request id may be retried whatever went wrong
+//! (the state machine answers a repeated id with the first response); any
+//! other operation is retried only when it surely did not run (this node or
+//! the target was not the leader, or the leader could not be connected
+//! to). Otherwise the caller gets `Unavailable` saying it may have run.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -19,12 +21,12 @@ use tokio::time::{timeout, Instant};
 
 use super::RaftNode;
 use crate::network::peer_client;
-use crate::{codec, Command, CommandResponse, NodeError, NodeId};
+use crate::{codec, CommandResponse, NodeError, NodeId, Proposal};
 
 /// An operation that runs on the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderOp {
-    Write(Command),
+    Write(Proposal),
     ReadIndex,
     AddNode { id: NodeId, addr: String },
     RemoveNode { id: NodeId },
@@ -57,6 +59,15 @@ impl LeaderOp {
                 request_timeout.max(MEMBERSHIP_BUDGET)
             }
             LeaderOp::Write(_) | LeaderOp::ReadIndex => request_timeout,
+        }
+    }
+
+    /// Safe to run again after an outcome that is not known.
+    fn repeatable(&self) -> bool {
+        match self {
+            LeaderOp::Write(p) => p.request_id.is_some(),
+            LeaderOp::ReadIndex => true,
+            LeaderOp::AddNode { .. } | LeaderOp::RemoveNode { .. } => false,
         }
     }
 }
@@ -108,7 +119,12 @@ impl RaftNode {
                     };
                     match result {
                         // Refused before anything was proposed: safe to retry.
-                        Ok(Err(e @ (NodeError::NotLeader { .. } | NodeError::Unavailable(_)))) => {
+                        Ok(Err(e @ (NodeError::NotLeader { .. } | NodeError::NotSent(_)))) => {
+                            Attempt::Retry(e)
+                        }
+                        // The outcome is unknown: retried only when a repeat
+                        // is answered, not applied, again.
+                        Ok(Err(e @ NodeError::Unavailable(_))) if op.repeatable() => {
                             Attempt::Retry(e)
                         }
                         Ok(result) => Attempt::Done(result),
@@ -130,9 +146,13 @@ impl RaftNode {
     /// `Forward` RPC handler too, so forwarding never chains.
     pub async fn execute_local(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
         match op {
-            LeaderOp::Write(command) => {
+            LeaderOp::Write(proposal) => {
                 self.check_quorum_contact()?;
-                let response = self.raft.client_write(command).await.map_err(write_error)?;
+                let response = self
+                    .raft
+                    .client_write(proposal)
+                    .await
+                    .map_err(write_error)?;
                 Ok(LeaderReply::Written(Box::new(response.data)))
             }
             LeaderOp::ReadIndex => {
@@ -165,7 +185,7 @@ impl RaftNode {
     fn check_quorum_contact(&self) -> Result<(), NodeError> {
         let metrics = self.metrics();
         match metrics.millis_since_quorum_ack {
-            Some(ms) if ms > QUORUM_CONTACT_MS => Err(NodeError::Unavailable(format!(
+            Some(ms) if ms > QUORUM_CONTACT_MS => Err(NodeError::NotSent(format!(
                 "the leader (node {}) has not heard from a quorum for {ms} ms",
                 self.id
             ))),
@@ -251,14 +271,37 @@ impl RaftNode {
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(remaining);
         let reply = client.forward(request).await.map_err(|status| {
-            NodeError::Unavailable(format!(
-                "leader {leader} at {addr} unreachable: {}",
-                status.message()
-            ))
+            if connection_refused(&status) {
+                // Refused at TCP connect: nothing was sent.
+                NodeError::NotSent(format!(
+                    "leader {leader} at {addr} unreachable: {}",
+                    status.message()
+                ))
+            } else {
+                NodeError::Unavailable(format!(
+                    "leader {leader} at {addr} did not answer ({}); the operation may or may not have been applied",
+                    status.message()
+                ))
+            }
         })?;
         codec::decode::<Result<LeaderReply, NodeError>>(&reply.into_inner().data)
             .map_err(|e| NodeError::Internal(format!("bad reply from leader {leader}: {e}")))?
     }
+}
+
+/// The call failed because the TCP connection was refused, so the request
+/// never left this node.
+fn connection_refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn quorum_timeout(budget: Duration) -> NodeError {

@@ -23,7 +23,7 @@ pub use leader::{LeaderOp, LeaderReply};
 
 use crate::network::client::NetworkFactory;
 use crate::store::{self, SharedState};
-use crate::{Command, CommandResponse, NodeError, NodeId, Raft};
+use crate::{Command, CommandResponse, NodeError, NodeId, Proposal, Raft};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -157,13 +157,56 @@ impl RaftNode {
     /// Proposes a command and returns what applying it produced. A command
     /// the state machine refused comes back as the matching error.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, NodeError> {
-        match self.on_leader(LeaderOp::Write(command)).await? {
+        self.propose(Proposal::new(command)).await
+    }
+
+    /// Proposes a command with its term and request id (see [`Proposal`]).
+    /// A proposal with a request id is retried until the deadline whatever
+    /// went wrong (the state machine answers a repeat with the first
+    /// response); one without is retried only when it surely did not run.
+    pub async fn propose(&self, proposal: Proposal) -> Result<CommandResponse, NodeError> {
+        match self.on_leader(LeaderOp::Write(proposal)).await? {
             LeaderReply::Written(response) => match *response {
                 CommandResponse::Rejected { rejection } => Err(rejection.into()),
                 response => Ok(response),
             },
             other => Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// For the leader's actors of `term`: confirms with a quorum that this
+    /// node still leads in `term`, then waits until it has applied every
+    /// entry committed so far. An actor calls it before it sends a command
+    /// to an agent, so it never acts on state older than its own term's
+    /// commit index, and a deposed or partitioned leader never acts.
+    pub async fn leader_barrier(&self, term: u64) -> Result<(), NodeError> {
+        let leading = |m: &RaftMetrics<NodeId, BasicNode>| {
+            m.current_term == term && m.current_leader == Some(self.id)
+        };
+        if !leading(&self.metrics()) {
+            return Err(NodeError::StaleTerm(format!(
+                "node {} no longer leads in term {term}",
+                self.id
+            )));
+        }
+        let index = tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| NodeError::Unavailable("no quorum confirmed leadership".to_string()))?
+            .map_err(|e| NodeError::Unavailable(format!("leadership not confirmed: {e}")))?
+            .map(|id| id.index)
+            .unwrap_or(0);
+        self.raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(Some(index), "leader barrier")
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("not caught up: {e}")))?;
+        if !leading(&self.metrics()) {
+            return Err(NodeError::StaleTerm(format!(
+                "node {} no longer leads in term {term}",
+                self.id
+            )));
+        }
+        Ok(())
     }
 
     /// Waits until this node's state machine reflects every write committed

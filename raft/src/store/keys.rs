@@ -32,3 +32,18 @@ pub(crate) fn node_key(name: &str) -> Vec<u8> {
     key.extend_from_slice(name.as_bytes());
     key
 }
+
+pub(crate) const REQUEST_PREFIX: &[u8] = b"request/";
+pub(crate) const VOLUME_PREFIX: &[u8] = b"volume/";
+
+pub(crate) fn volume_key(volume: &str) -> Vec<u8> {
+    let mut key = VOLUME_PREFIX.to_vec();
+    key.extend_from_slice(volume.as_bytes());
+    key
+}
+
+pub(crate) fn request_key(id: &str) -> Vec<u8> {
+    let mut key = REQUEST_PREFIX.to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}

@@ -10,7 +10,7 @@ use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, FORMAT_V1};
-use crate::model::{NodeRecord, SandboxRecord};
+use crate::model::{KeptVolume, NodeRecord, RequestRecord, SandboxRecord};
 use crate::NodeId;
 
 const MAGIC: &[u8; 4] = b"BSNP";
@@ -41,6 +41,8 @@ struct Header {
 enum Item {
     Sandbox(SandboxRecord),
     Node(NodeRecord),
+    Request(RequestRecord),
+    Volume(KeptVolume),
 }
 
 /// A decoded snapshot: its meta and every record.
@@ -49,6 +51,10 @@ pub struct SnapshotFile {
     pub meta: SnapshotMeta<NodeId, BasicNode>,
     pub records: Vec<SandboxRecord>,
     pub nodes: Vec<NodeRecord>,
+    /// Remembered client request ids (see `Proposal::request_id`).
+    pub requests: Vec<RequestRecord>,
+    /// Kept workspace volumes.
+    pub volumes: Vec<KeptVolume>,
 }
 
 impl SnapshotFile {
@@ -58,7 +64,10 @@ impl SnapshotFile {
         out.push(FORMAT_V1);
         let header = Header {
             meta: self.meta.clone(),
-            record_count: (self.records.len() + self.nodes.len()) as u64,
+            record_count: (self.records.len()
+                + self.nodes.len()
+                + self.requests.len()
+                + self.volumes.len()) as u64,
         };
         push_frame(&mut out, &codec::encode(&header)?)?;
         for record in &self.records {
@@ -66,6 +75,12 @@ impl SnapshotFile {
         }
         for node in &self.nodes {
             push_frame(&mut out, &codec::encode(&Item::Node(node.clone()))?)?;
+        }
+        for request in &self.requests {
+            push_frame(&mut out, &codec::encode(&Item::Request(request.clone()))?)?;
+        }
+        for volume in &self.volumes {
+            push_frame(&mut out, &codec::encode(&Item::Volume(volume.clone()))?)?;
         }
         Ok(out)
     }
@@ -75,13 +90,17 @@ impl SnapshotFile {
         let header: Header = codec::decode(reader.next_frame()?.ok_or(SnapshotError::Truncated)?)?;
         let mut records = Vec::new();
         let mut nodes = Vec::new();
+        let mut requests = Vec::new();
+        let mut volumes = Vec::new();
         while let Some(frame) = reader.next_frame()? {
             match codec::decode(frame)? {
                 Item::Sandbox(r) => records.push(r),
                 Item::Node(n) => nodes.push(n),
+                Item::Request(r) => requests.push(r),
+                Item::Volume(v) => volumes.push(v),
             }
         }
-        let found = (records.len() + nodes.len()) as u64;
+        let found = (records.len() + nodes.len() + requests.len() + volumes.len()) as u64;
         if found != header.record_count {
             return Err(SnapshotError::CountMismatch {
                 expected: header.record_count,
@@ -92,6 +111,8 @@ impl SnapshotFile {
             meta: header.meta,
             records,
             nodes,
+            requests,
+            volumes,
         })
     }
 
@@ -168,6 +189,8 @@ mod tests {
                 node: Some("n1".into()),
                 container_id: String::new(),
                 volume: format!("berth-s{i}-u{i}"),
+                volume_uid: format!("u{i}"),
+                volume_seeded: false,
                 revisions: vec![],
                 stable_revision: 0,
                 operation: None,
@@ -183,6 +206,8 @@ mod tests {
             message: String::new(),
             registered_at_ms: 1,
             changed_at_ms: 2,
+            instance_id: "i-1".into(),
+            replace_allowed: false,
         }];
         SnapshotFile {
             meta: SnapshotMeta {
@@ -192,6 +217,20 @@ mod tests {
             },
             records,
             nodes,
+            requests: vec![RequestRecord {
+                id: "req-1".into(),
+                index: 4,
+                subject: "create s0".into(),
+                response: crate::CommandResponse::Deleted { name: "s0".into() },
+            }],
+            volumes: vec![KeptVolume {
+                volume: "berth-old-1234".into(),
+                node: "n1".into(),
+                sandbox: "old".into(),
+                uid: "u-old".into(),
+                kept_at_ms: 3,
+                deleting: false,
+            }],
         }
     }
 
@@ -201,6 +240,8 @@ mod tests {
         let back = SnapshotFile::decode(&bytes).unwrap();
         assert_eq!(back.records, file(3).records);
         assert_eq!(back.nodes, file(3).nodes);
+        assert_eq!(back.requests, file(3).requests);
+        assert_eq!(back.volumes, file(3).volumes);
         assert_eq!(back.meta, file(3).meta);
         assert_eq!(SnapshotFile::decode_meta(&bytes).unwrap(), file(3).meta);
     }

@@ -74,6 +74,16 @@ fn missing_cf(name: &str) -> StorageError<NodeId> {
 impl StateMachineStore {
     /// Loads the applied state from the DB.
     pub(crate) fn load(db: Arc<DB>) -> StorageResult<Self> {
+        let view = Self::read_view(&db)?;
+        Ok(Self {
+            db,
+            state: SharedState(Arc::new(RwLock::new(view))),
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Reads the applied state from the DB.
+    fn read_view(db: &DB) -> StorageResult<StateView> {
         let meta = db
             .cf_handle(CF_SM_META)
             .ok_or_else(|| missing_cf(CF_SM_META))?;
@@ -92,13 +102,15 @@ impl StateMachineStore {
                     .insert_node(codec::decode(&value).map_err(io_read)?);
             } else if key.starts_with(keys::SANDBOX_PREFIX) {
                 view.table.insert(codec::decode(&value).map_err(io_read)?);
+            } else if key.starts_with(keys::REQUEST_PREFIX) {
+                view.table
+                    .insert_request(codec::decode(&value).map_err(io_read)?);
+            } else if key.starts_with(keys::VOLUME_PREFIX) {
+                view.table
+                    .insert_volume(codec::decode(&value).map_err(io_read)?);
             }
         }
-        Ok(Self {
-            db,
-            state: SharedState(Arc::new(RwLock::new(view))),
-            snapshot_seq: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(view)
     }
 
     /// The view readers use.
@@ -144,6 +156,18 @@ fn persist(
             keys::node_key(&node.name),
             codec::encode(&node).map_err(io_write)?,
         ),
+        Change::PutRequest(request) => batch.put_cf(
+            sm_cf,
+            keys::request_key(&request.id),
+            codec::encode(&request).map_err(io_write)?,
+        ),
+        Change::DeleteRequest(id) => batch.delete_cf(sm_cf, keys::request_key(&id)),
+        Change::PutVolume(volume) => batch.put_cf(
+            sm_cf,
+            keys::volume_key(&volume.volume),
+            codec::encode(&volume).map_err(io_write)?,
+        ),
+        Change::DeleteVolume(volume) => batch.delete_cf(sm_cf, keys::volume_key(&volume)),
     }
     Ok(())
 }
@@ -165,6 +189,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 },
                 records: view.table.iter().cloned().collect(),
                 nodes: view.table.nodes().cloned().collect(),
+                requests: view.table.requests().cloned().collect(),
+                volumes: view.table.volumes().cloned().collect(),
             }
         };
         let bytes = file.encode().map_err(io_write)?;
@@ -197,6 +223,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sm_cf = self.cf(CF_SM)?;
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
+        // The write lock is held until the batch is on disk: no reader ever
+        // sees a change that is not durable. If the write fails, the view
+        // is reloaded from disk, which still holds the state before it.
         let mut view = self.state.write();
         for entry in entries {
             view.last_applied = Some(entry.log_id);
@@ -206,8 +235,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     view.membership = StoredMembership::new(Some(entry.log_id), m);
                     CommandResponse::Applied
                 }
-                EntryPayload::Normal(command) => {
-                    let (response, changes) = view.table.apply(&command);
+                EntryPayload::Normal(proposal) => {
+                    let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
+                    let (response, changes) = view.table.apply_proposal(term, index, &proposal);
                     for change in changes {
                         persist(&mut batch, sm_cf, change)?;
                     }
@@ -218,7 +248,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         self.put_applied_meta(&mut batch, &view)?;
         // Data and last-applied id land together, synced (invariant 1).
-        self.db.write_opt(batch, &synced()).map_err(io_write)?;
+        if let Err(e) = self.db.write_opt(batch, &synced()) {
+            *view = Self::read_view(&self.db)?;
+            return Err(io_write(e));
+        }
         Ok(responses)
     }
 
@@ -261,6 +294,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 codec::encode(&node).map_err(io_write)?,
             );
             table.insert_node(node);
+        }
+        for request in file.requests {
+            batch.put_cf(
+                sm_cf,
+                keys::request_key(&request.id),
+                codec::encode(&request).map_err(io_write)?,
+            );
+            table.insert_request(request);
+        }
+        for volume in file.volumes {
+            batch.put_cf(
+                sm_cf,
+                keys::volume_key(&volume.volume),
+                codec::encode(&volume).map_err(io_write)?,
+            );
+            table.insert_volume(volume);
         }
         let view = StateView {
             last_applied: meta.last_log_id,

@@ -20,6 +20,8 @@ fn record(node: Option<&str>, desired: Desired) -> SandboxRecord {
         node: node.map(String::from),
         container_id: String::new(),
         volume: "berth-s-u1".into(),
+        volume_uid: String::new(),
+        volume_seeded: false,
         revisions: vec![],
         stable_revision: 0,
         operation: None,
@@ -39,6 +41,7 @@ fn observed(state: ContainerState, volume: bool) -> Observed {
         volume_present: volume,
         message: String::new(),
         seq: 0,
+        pull_progress: String::new(),
     }
 }
 

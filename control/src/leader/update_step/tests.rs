@@ -26,6 +26,8 @@ fn record() -> SandboxRecord {
         node: Some("n".into()),
         container_id: "c".into(),
         volume: "v".into(),
+        volume_uid: String::new(),
+        volume_seeded: false,
         revisions: vec![
             Revision {
                 number: 1,
@@ -56,12 +58,14 @@ fn op(phase: UpdatePhase) -> Operation {
             health_timeout_ms: 10_000,
             min_healthy_ms: 2_000,
             auto_rollback: true,
+            ..UpdatePolicy::default()
         },
         attempts: 0,
         started_at_ms: 0,
         updated_at_ms: 0,
         phase_started_at_ms: 1_000,
         reason: String::new(),
+        progress: String::new(),
     }
 }
 
@@ -78,6 +82,7 @@ fn obs(state: ContainerState, revision: u64, exit_code: i64) -> Observed {
         volume_present: true,
         message: String::new(),
         seq: 0,
+        pull_progress: String::new(),
     }
 }
 
@@ -312,4 +317,45 @@ fn commits_switch_revisions_and_explain_failures() {
     };
     assert_eq!((to, mark_stable), (UpdatePhase::Succeeded, Some(2)));
     assert!(commit(&r, &op(UpdatePhase::Pulling), &Event::Healthy, 5).is_none());
+}
+
+/// A lost node reports nothing: every phase still ends, by its deadline
+/// (defaults: Pulling 11 min, StoppingOld 60 s, StartingNew and Verifying
+/// the health timeout, RollingBack 60 s).
+#[test]
+fn a_lost_node_cannot_hold_an_operation() {
+    use UpdatePhase as P;
+    let r = record();
+    let lost = |phase: P, now: i64| {
+        observe(&Observations {
+            record: &r,
+            op: &op(phase),
+            observed: None,
+            node_known: false,
+            progress: &Progress::default(),
+            readiness_required: false,
+            // The phase began at 1 000.
+            now_ms: 1_000 + now,
+        })
+    };
+    for (phase, deadline) in [
+        (P::Pulling, 660_000),
+        (P::StoppingOld, 60_000),
+        (P::StartingNew, 10_000),
+        (P::Verifying, 10_000),
+        (P::RollingBack, 60_000),
+    ] {
+        assert_eq!(lost(phase, deadline - 1), None, "{phase:?}");
+        assert_eq!(
+            lost(phase, deadline + 1),
+            Some(Event::Deadline),
+            "{phase:?}"
+        );
+        let c = commit(&r, &op(phase), &Event::Deadline, 1_000 + deadline + 1);
+        let Some(Command::AdvanceOperation { to, reason, .. }) = c else {
+            panic!("{phase:?}: no commit")
+        };
+        assert_ne!(to, phase);
+        assert!(reason.contains("within"), "{phase:?}: {reason}");
+    }
 }

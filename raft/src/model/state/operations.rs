@@ -9,7 +9,36 @@
 use super::{not_found, put, Applied, State};
 use crate::model::command::RejectionKind::{FailedPrecondition, NotFound};
 use crate::model::update::{transition, Effect, Event};
-use crate::model::{Command, CommandResponse, Desired, Operation, OperationKind, Revision};
+use crate::model::{
+    Command, CommandResponse, Desired, Operation, OperationKind, Revision, SandboxRecord,
+};
+
+/// Drops the oldest revisions that are neither stable, current, nor part
+/// of the operation, so at most `keep` unstable ones remain (0: keep all):
+/// a record does not grow without end, and every revision one can roll
+/// back to (the stable ones) stays.
+fn prune_revisions(record: &mut SandboxRecord, keep: u32) {
+    if keep == 0 {
+        return;
+    }
+    let pinned: Vec<u64> = [
+        Some(record.revision),
+        record.operation.as_ref().map(|o| o.from_revision),
+        record.operation.as_ref().map(|o| o.to_revision),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let unstable = record.revisions.iter().filter(|r| !r.stable).count();
+    let mut excess = unstable.saturating_sub(keep as usize);
+    record.revisions.retain(|r| {
+        let drop = excess > 0 && !r.stable && !pinned.contains(&r.number);
+        if drop {
+            excess -= 1;
+        }
+        !drop
+    });
+}
 
 fn refuse(message: String) -> Applied {
     (
@@ -28,6 +57,7 @@ impl State {
                 expected_revision,
                 policy,
                 at_ms,
+                keep_revisions,
             } => {
                 let Some(record) = self.sandbox(name) else {
                     return not_found(name);
@@ -71,6 +101,7 @@ impl State {
                     *policy,
                     *at_ms,
                 ));
+                prune_revisions(&mut record, *keep_revisions);
                 put(record)
             }
             Command::RollbackSandbox {
@@ -186,6 +217,7 @@ impl State {
                     op.attempts += 1;
                     op.updated_at_ms = *at_ms;
                     op.phase_started_at_ms = *at_ms;
+                    op.progress.clear();
                     if !reason.is_empty() {
                         op.reason = reason.clone();
                     }
@@ -195,6 +227,29 @@ impl State {
                 }
                 if let Some(n) = mark_stable {
                     record.mark_stable(*n);
+                }
+                put(record)
+            }
+            Command::SetOperationProgress {
+                name,
+                uid,
+                operation_id,
+                progress,
+            } => {
+                let Some(record) = self.current(name, uid) else {
+                    return not_found(name);
+                };
+                let pulling = record.operation.as_ref().is_some_and(|o| {
+                    &o.id == operation_id && o.phase == crate::model::update::UpdatePhase::Pulling
+                });
+                if !pulling {
+                    return refuse(format!(
+                        "operation {operation_id} of {name:?} is not pulling"
+                    ));
+                }
+                let mut record = record.clone();
+                if let Some(op) = record.operation.as_mut() {
+                    op.progress = progress.chars().take(200).collect();
                 }
                 put(record)
             }

@@ -11,6 +11,7 @@ fn create(name: &str) -> Command {
             env: Default::default(),
         },
         created_at_ms: 42,
+        adopt_volume: None,
     }
 }
 
@@ -22,6 +23,7 @@ fn register(name: &str) -> Command {
         cpus: 2,
         memory_bytes: 1,
         at_ms: 7,
+        instance_id: "i-1".into(),
     }
 }
 
@@ -101,6 +103,7 @@ fn delete_of_an_unplaced_sandbox_removes_it_and_of_a_placed_one_marks_deleting()
     state.apply(&Command::RemoveSandbox {
         name: "y".into(),
         uid: "uid-y".into(),
+        at_ms: 0,
     });
     assert!(state.get("y").is_none());
 }
@@ -144,6 +147,7 @@ fn commands_with_a_stale_uid_are_rejected() {
     let (resp, _) = state.apply(&Command::RemoveSandbox {
         name: "a".into(),
         uid: "another".into(),
+        at_ms: 0,
     });
     assert_eq!(rejected(&resp), Some(RejectionKind::NotFound));
     assert!(state.get("a").is_some());
@@ -226,6 +230,7 @@ mod operations {
             expected_revision: expected,
             policy: UpdatePolicy::default(),
             at_ms: 50,
+            keep_revisions: 0,
         }
     }
 
@@ -311,6 +316,63 @@ mod operations {
         );
     }
 
+    /// Stop and start during an operation are refused naming it (a stop
+    /// during Verifying used to leave the operation RollingBack forever);
+    /// a delete ends it (Aborted) and deletes.
+    #[test]
+    fn stop_and_start_wait_for_an_operation_and_delete_ends_it() {
+        let mut state = State::default();
+        placed_running(&mut state, "a");
+        state.apply(&update("a", "busybox:2", None));
+        let op = "op-busybox:2";
+        for (from, to) in [
+            (UpdatePhase::Pending, UpdatePhase::Pulling),
+            (UpdatePhase::Pulling, UpdatePhase::StoppingOld),
+            (UpdatePhase::StoppingOld, UpdatePhase::StartingNew),
+            (UpdatePhase::StartingNew, UpdatePhase::Verifying),
+        ] {
+            state.apply(&advance("a", op, from, to, None, None));
+        }
+        let before = state.clone();
+        let (resp, changes) = state.apply(&Command::SetDesired {
+            name: "a".into(),
+            desired: Desired::Stopped,
+        });
+        let CommandResponse::Rejected { rejection } = resp else {
+            panic!("{resp:?}")
+        };
+        assert_eq!(rejection.kind, RejectionKind::FailedPrecondition);
+        assert!(
+            rejection.message.contains(op) && rejection.message.contains("Verifying"),
+            "{}",
+            rejection.message
+        );
+        assert!(changes.is_empty());
+        assert_eq!(state, before);
+        // Start of a sandbox that is meant to run already changes nothing.
+        let (resp, _) = state.apply(&Command::SetDesired {
+            name: "a".into(),
+            desired: Desired::Running,
+        });
+        assert!(rejected(&resp).is_none(), "{resp:?}");
+
+        let (resp, _) = state.apply(&Command::DeleteSandbox {
+            name: "a".into(),
+            keep_volume: false,
+        });
+        let CommandResponse::Sandbox { record } = resp else {
+            panic!("{resp:?}")
+        };
+        let op = record.operation.unwrap();
+        assert_eq!(op.phase, UpdatePhase::Aborted);
+        assert!(
+            op.reason.contains("deleted during Verifying"),
+            "{}",
+            op.reason
+        );
+        assert_eq!(record.phase, Phase::Deleting);
+    }
+
     #[test]
     fn phase_changes_are_compare_and_set_and_switch_revisions() {
         let mut state = State::default();
@@ -376,6 +438,39 @@ mod operations {
         let r = state.get("a").unwrap();
         assert_eq!((r.stable_revision, r.volume.clone()), (2, volume));
         assert!(r.active_operation().is_none());
+    }
+
+    #[test]
+    fn revisions_are_bounded_and_stable_ones_are_kept() {
+        let mut state = State::default();
+        placed_running(&mut state, "a");
+        for i in 2..=30 {
+            let image = format!("busybox:{i}");
+            let mut cmd = update("a", &image, None);
+            if let Command::UpdateSandbox { keep_revisions, .. } = &mut cmd {
+                *keep_revisions = 5;
+            }
+            let (resp, _) = state.apply(&cmd);
+            assert!(rejected(&resp).is_none(), "{resp:?}");
+            let op = format!("op-{image}");
+            state.apply(&advance(
+                "a",
+                &op,
+                UpdatePhase::Pending,
+                UpdatePhase::Aborted,
+                None,
+                None,
+            ));
+        }
+        let r = state.get("a").unwrap();
+        let numbers: Vec<u64> = r.revisions.iter().map(|r| r.number).collect();
+        assert_eq!(
+            numbers,
+            vec![1, 26, 27, 28, 29, 30],
+            "stable 1 and the last five"
+        );
+        assert_eq!(r.revision, 1);
+        assert!(r.revisions[0].stable);
     }
 
     #[test]
@@ -474,5 +569,232 @@ mod operations {
             (op.kind, op.from_revision, op.to_revision),
             (OperationKind::Rollback, 1, 3)
         );
+    }
+}
+
+mod proposals {
+    use super::*;
+    use crate::model::{Proposal, REQUEST_WINDOW};
+
+    /// A deposed leader's actor proposes with its old term: whatever entry
+    /// carries it (its own, or the new leader's after forwarding), a term
+    /// that is not the entry's is refused and changes nothing.
+    #[test]
+    fn a_command_proposed_for_another_term_is_refused() {
+        let mut state = State::default();
+        state.apply(&create("a"));
+        let before = state.clone();
+        let status = Command::SetSandboxStatus {
+            name: "a".into(),
+            uid: "uid-a".into(),
+            phase: Phase::Failed,
+            message: "stale".into(),
+            container_id: String::new(),
+        };
+        let (resp, changes) = state.apply_proposal(5, 10, &Proposal::in_term(status.clone(), 4));
+        assert_eq!(rejected(&resp), Some(RejectionKind::StaleTerm));
+        assert!(changes.is_empty());
+        assert_eq!(state, before);
+        let (resp, _) = state.apply_proposal(5, 11, &Proposal::in_term(status, 5));
+        assert!(rejected(&resp).is_none(), "{resp:?}");
+    }
+
+    /// A retried request is answered with its first response, even after
+    /// the state moved on; reusing an id for another request is refused.
+    #[test]
+    fn a_retried_request_gets_its_first_response_and_applies_nothing() {
+        let mut state = State::default();
+        let p = Proposal::with_request_id(create("a"), "req-1".into());
+        let (first, changes) = state.apply_proposal(1, 1, &p);
+        assert!(matches!(first, CommandResponse::Sandbox { .. }));
+        assert!(changes.iter().any(|c| matches!(c, Change::PutRequest(_))));
+        let after_first = state.clone();
+        let (again, changes) = state.apply_proposal(1, 2, &p);
+        assert_eq!(again, first, "not AlreadyExists");
+        assert!(changes.is_empty());
+        assert_eq!(state, after_first);
+        // Without the id the same command is a second request.
+        let (dup, _) = state.apply_proposal(1, 3, &Proposal::new(create("a")));
+        assert_eq!(rejected(&dup), Some(RejectionKind::AlreadyExists));
+        // The same id for another sandbox is a client bug.
+        let other = Proposal::with_request_id(create("b"), "req-1".into());
+        let (resp, changes) = state.apply_proposal(1, 4, &other);
+        assert_eq!(rejected(&resp), Some(RejectionKind::InvalidArgument));
+        assert!(changes.is_empty());
+        assert!(state.get("b").is_none());
+    }
+
+    #[test]
+    fn request_ids_are_remembered_for_a_bounded_window() {
+        let mut state = State::default();
+        let mut evicted = 0;
+        for i in 0..(REQUEST_WINDOW as u64 + 3) {
+            let p = Proposal::with_request_id(
+                Command::DeleteSandbox {
+                    name: "nobody".into(),
+                    keep_volume: false,
+                },
+                format!("r{i}"),
+            );
+            let (_, changes) = state.apply_proposal(1, i + 1, &p);
+            evicted += changes
+                .iter()
+                .filter(|c| matches!(c, Change::DeleteRequest(_)))
+                .count();
+        }
+        assert_eq!(evicted, 3);
+        assert_eq!(state.requests().count(), REQUEST_WINDOW);
+        assert_eq!(state.requests().next().map(|r| r.id.as_str()), Some("r3"));
+    }
+}
+
+mod identity {
+    use super::*;
+    use crate::model::KeptVolume;
+
+    fn register_as(node: &str, instance: &str) -> Command {
+        let mut c = register(node);
+        if let Command::RegisterNode { instance_id, .. } = &mut c {
+            *instance_id = instance.into();
+        }
+        c
+    }
+
+    #[test]
+    fn a_second_agent_instance_needs_an_operator_to_take_a_node_name() {
+        let mut state = State::default();
+        state.apply(&register_as("n1", "i-1"));
+        let (resp, changes) = state.apply(&register_as("n1", "i-2"));
+        let CommandResponse::Rejected { rejection } = resp else {
+            panic!("{resp:?}")
+        };
+        assert!(
+            rejection.message.contains("berth node replace n1"),
+            "{}",
+            rejection.message
+        );
+        assert!(changes.is_empty());
+        // The known instance comes back at will.
+        let (resp, _) = state.apply(&register_as("n1", "i-1"));
+        assert!(rejected(&resp).is_none());
+        // Replacing a Ready node is refused; a NotReady one is allowed.
+        let (resp, _) = state.apply(&Command::ReplaceNode { name: "n1".into() });
+        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition));
+        state.apply(&Command::SetNodeReady {
+            name: "n1".into(),
+            ready: false,
+            message: "silent".into(),
+            at_ms: 9,
+        });
+        let (resp, _) = state.apply(&Command::ReplaceNode { name: "n1".into() });
+        assert!(rejected(&resp).is_none(), "{resp:?}");
+        let (resp, _) = state.apply(&register_as("n1", "i-2"));
+        assert!(rejected(&resp).is_none(), "{resp:?}");
+        let node = state.node("n1").unwrap();
+        assert_eq!(
+            (node.instance_id.as_str(), node.replace_allowed),
+            ("i-2", false)
+        );
+        // ... and the old instance is now the stranger.
+        let (resp, _) = state.apply(&register_as("n1", "i-1"));
+        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition));
+    }
+
+    fn running_on(state: &mut State, name: &str) {
+        state.apply(&create(name));
+        state.apply(&schedule(name, "n1"));
+        state.apply(&Command::SetSandboxStatus {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            phase: Phase::Running,
+            message: "running".into(),
+            container_id: "c".into(),
+        });
+    }
+
+    #[test]
+    fn a_kept_volume_is_listed_adopted_once_and_deletable() {
+        let mut state = State::default();
+        state.apply(&register("n1"));
+        running_on(&mut state, "a");
+        assert!(state.get("a").unwrap().volume_seeded, "ran once");
+        state.apply(&Command::DeleteSandbox {
+            name: "a".into(),
+            keep_volume: true,
+        });
+        state.apply(&Command::RemoveSandbox {
+            name: "a".into(),
+            uid: "uid-a".into(),
+            at_ms: 77,
+        });
+        let kept = state.volumes().cloned().collect::<Vec<_>>();
+        let volume = volume_name("a", "uid-a");
+        assert_eq!(
+            kept,
+            vec![KeptVolume {
+                volume: volume.clone(),
+                node: "n1".into(),
+                sandbox: "a".into(),
+                uid: "uid-a".into(),
+                kept_at_ms: 77,
+                deleting: false,
+            }]
+        );
+        // A new sandbox of the same name (a new uid) gets its own volume.
+        let mut recreate = create("a");
+        if let Command::CreateSandbox { uid, .. } = &mut recreate {
+            *uid = "uid-a2".into();
+        }
+        state.apply(&recreate);
+        assert_ne!(state.get("a").unwrap().volume, volume);
+        // Adopting: placed on the volume's node, owner uid kept, seeded.
+        let mut adopt = create("b");
+        if let Command::CreateSandbox { adopt_volume, .. } = &mut adopt {
+            *adopt_volume = Some(volume.clone());
+        }
+        let (resp, changes) = state.apply(&adopt);
+        assert!(rejected(&resp).is_none(), "{resp:?}");
+        assert!(changes.contains(&Change::DeleteVolume(volume.clone())));
+        let b = state.get("b").unwrap();
+        assert_eq!(b.node.as_deref(), Some("n1"));
+        assert_eq!(
+            (b.volume.as_str(), b.volume_owner()),
+            (volume.as_str(), "uid-a")
+        );
+        assert!(b.volume_seeded);
+        assert_eq!(state.volumes().count(), 0);
+        // Only once.
+        let mut again = create("c");
+        if let Command::CreateSandbox { adopt_volume, .. } = &mut again {
+            *adopt_volume = Some(volume.clone());
+        }
+        let (resp, _) = state.apply(&again);
+        assert_eq!(rejected(&resp), Some(RejectionKind::NotFound));
+        // Deleting: marked, then forgotten once the node removed it.
+        state.apply(&Command::DeleteSandbox {
+            name: "b".into(),
+            keep_volume: true,
+        });
+        state.apply(&Command::RemoveSandbox {
+            name: "b".into(),
+            uid: "uid-b".into(),
+            at_ms: 80,
+        });
+        let kept = state.volume(&volume).unwrap();
+        assert_eq!((kept.sandbox.as_str(), kept.uid.as_str()), ("b", "uid-a"));
+        let (resp, _) = state.apply(&Command::DeleteVolume {
+            volume: volume.clone(),
+        });
+        assert!(matches!(resp, CommandResponse::Volume { ref volume } if volume.deleting));
+        let mut adopt_deleting = create("d");
+        if let Command::CreateSandbox { adopt_volume, .. } = &mut adopt_deleting {
+            *adopt_volume = Some(volume.clone());
+        }
+        let (resp, _) = state.apply(&adopt_deleting);
+        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition));
+        state.apply(&Command::ForgetVolume {
+            volume: volume.clone(),
+        });
+        assert_eq!(state.volumes().count(), 0);
     }
 }
