@@ -302,6 +302,33 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_carry_the_progress_of_a_running_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Arc::new(Fence::load(dir.path()).unwrap());
+        let runner = CommandRunner::new(Arc::new(MemoryDriver::new()), fence);
+        let mut inventory = vec![
+            Observed {
+                name: "a".into(),
+                uid: "u1".into(),
+                ..Default::default()
+            },
+            Observed {
+                name: "b".into(),
+                uid: "u2".into(),
+                ..Default::default()
+            },
+        ];
+        runner
+            .pulls
+            .lock()
+            .unwrap()
+            .insert("u1".into(), "img:v2".into());
+        runner.annotate(&mut inventory);
+        assert_eq!(inventory[0].pull_progress, "pulling img:v2: checking");
+        assert_eq!(inventory[1].pull_progress, "");
+    }
+
+    #[test]
     fn fencing_decision() {
         let dir = tempfile::tempdir().unwrap();
         let fence = Fence::load(dir.path()).unwrap();

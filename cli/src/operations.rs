@@ -76,7 +76,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
-fn phase_name(phase: i32) -> &'static str {
+pub fn phase_name(phase: i32) -> &'static str {
     match OperationPhase::try_from(phase) {
         Ok(OperationPhase::Pending) => "Pending",
         Ok(OperationPhase::Pulling) => "Pulling",

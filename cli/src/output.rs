@@ -117,8 +117,30 @@ pub fn print_sandboxes(format: Format, sandboxes: &[Sandbox], as_list: bool) {
                 ]);
             }
             print_table(&rows);
+            if !as_list {
+                if let Some(op) = sandboxes.first().and_then(|s| s.operation.as_ref()) {
+                    println!("{}", operation_line(op));
+                }
+            }
         }
     }
+}
+
+/// One line about a sandbox's current or last operation; the reason of a
+/// failed one names the way out (rollback --to-revision, start).
+pub fn operation_line(op: &berth_proto::v1::Operation) -> String {
+    let phase = crate::operations::phase_name(op.phase);
+    let mut line = format!(
+        "operation: {} {} (revision {} -> {}) {phase}",
+        op.kind, op.id, op.from_revision, op.to_revision
+    );
+    if !op.progress.is_empty() {
+        line.push_str(&format!(" ({})", op.progress));
+    }
+    if !op.reason.is_empty() {
+        line.push_str(&format!(": {}", op.reason));
+    }
+    line
 }
 
 pub fn print_status(format: Format, status: &ClusterStatus) {

@@ -239,3 +239,46 @@ async fn a_retried_write_is_answered_not_applied_twice() -> anyhow::Result<()> {
     assert_eq!(phase(&done), Some(OperationPhase::RolledBack), "{done:?}");
     Ok(())
 }
+
+/// `update --unset-env KEY` removes a variable; unsetting one that is not
+/// set, or setting and unsetting one at once, is refused and changes
+/// nothing.
+#[tokio::test]
+async fn an_update_can_unset_env() -> anyhow::Result<()> {
+    let mut cluster = cluster().await?;
+    let name = unique("unset");
+    let mut client = cluster.sandboxes(1).await?;
+    let mut create = create_request(&name, "");
+    create.spec = Some(SandboxSpec {
+        env: HashMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
+        ..spec("img:v1")
+    });
+    client.create_sandbox(create).await?;
+    wait_until(&mut cluster, &name, Duration::from_secs(30), |s| {
+        s.phase == Phase::Running as i32
+    })
+    .await?;
+    let unset = |keys: &[&str]| UpdateSandboxRequest {
+        name: name.clone(),
+        unset_env: keys.iter().map(|k| k.to_string()).collect(),
+        min_healthy_ms: Some(0),
+        health_timeout_ms: Some(30_000),
+        ..Default::default()
+    };
+    let missing = client.update_sandbox(unset(&["C"])).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument, "{missing:?}");
+    let mut both = unset(&["A"]);
+    both.env = HashMap::from([("A".into(), "3".into())]);
+    let both = client.update_sandbox(both).await.unwrap_err();
+    assert_eq!(both.code(), tonic::Code::InvalidArgument, "{both:?}");
+    client.update_sandbox(unset(&["A"])).await?;
+    let done = wait_until(&mut cluster, &name, Duration::from_secs(60), |s| {
+        s.operation.as_ref().is_some_and(|o| o.terminal)
+    })
+    .await?;
+    assert_eq!(phase(&done), Some(OperationPhase::Succeeded));
+    assert_eq!(done.revision, 2);
+    let env = done.spec.unwrap().env;
+    assert_eq!(env, HashMap::from([("B".to_string(), "2".to_string())]));
+    Ok(())
+}

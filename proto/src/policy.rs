@@ -246,4 +246,18 @@ mod tests {
         let big = format!("env:\n  A: \"{}\"\n", "x".repeat(MAX_POLICY_BYTES));
         assert!(matches!(Policy::parse(&big), Err(PolicyError::TooLarge(_))));
     }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let many: String = (0..=MAX_POLICY_ENV)
+            .map(|i| format!("  K{i}: v\n"))
+            .collect();
+        let err = Policy::parse(&format!("env:\n{many}")).unwrap_err();
+        assert!(err.to_string().contains("more than 256"), "{err}");
+        let long = "v".repeat(MAX_POLICY_STRING + 1);
+        assert!(Policy::parse(&format!("env:\n  K: {long}\n")).is_err());
+        let args = vec!["\"x\""; MAX_READINESS_ARGS + 1].join(", ");
+        assert!(Policy::parse(&format!("readiness:\n  command: [{args}]\n")).is_err());
+        assert!(Policy::parse("readiness:\n  command: [\"true\"]\n").is_ok());
+    }
 }

@@ -567,3 +567,51 @@ fn owned_by(labels: &HashMap<String, String>, name: &str, uid: &str) -> bool {
         _ => labels.get(LABEL_SANDBOX).is_none_or(|owner| owner == name),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{CreateImageInfo, ProgressDetail};
+
+    fn info(id: &str, status: &str, current: i64, total: i64) -> CreateImageInfo {
+        CreateImageInfo {
+            id: Some(id.into()),
+            status: Some(status.into()),
+            progress_detail: Some(ProgressDetail {
+                current: Some(current),
+                total: Some(total),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pull_progress_counts_layers_and_bytes() {
+        let mut layers = PullLayers::default();
+        layers.record(&info("a", "Downloading", 1_000_000, 4_000_000));
+        layers.record(&info("b", "Downloading", 500_000, 1_000_000));
+        assert_eq!(layers.line(), "0/2 layers, 1.5/5.0 MB");
+        layers.record(&info("b", "Pull complete", 1_000_000, 1_000_000));
+        layers.record(&CreateImageInfo {
+            status: Some("Trying to pull".into()),
+            ..Default::default()
+        });
+        assert_eq!(layers.line(), "1/2 layers, 2.0/5.0 MB");
+    }
+
+    #[test]
+    fn volumes_belong_by_uid_then_by_name() {
+        let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let owned = labels(&[(LABEL_SANDBOX, "old"), (LABEL_UID, "u-old")]);
+        assert!(owned_by(&owned, "new", "u-old"), "adopted: the uid decides");
+        assert!(!owned_by(&owned, "old", "u-new"), "same name, other uid");
+        let legacy = labels(&[(LABEL_SANDBOX, "s")]);
+        assert!(owned_by(&legacy, "s", "u"));
+        assert!(!owned_by(&legacy, "t", "u"));
+    }
+}

@@ -378,6 +378,19 @@ mod identity_tests {
     }
 
     #[tokio::test]
+    async fn exec_and_logs_reach_only_the_sandbox_with_the_uid_asked_for() {
+        let d = MemoryDriver::new();
+        d.ensure(&ensure("s", "u-new", "vol-new")).await.unwrap();
+        let stale = d.exec("s", "u-old", vec!["true".into()]).await.err();
+        assert!(matches!(stale, Some(DriverError::NotFound { .. })));
+        assert!(d.logs("s", "u-old", false).await.is_err());
+        assert!(d.exec("s", "u-new", vec!["true".into()]).await.is_ok());
+        assert!(d.logs("s", "", false).await.is_ok());
+        let bad = d.exec("../etc", "", vec!["true".into()]).await.err();
+        assert!(matches!(bad, Some(DriverError::Invalid(_))), "{bad:?}");
+    }
+
+    #[tokio::test]
     async fn a_seeded_sandbox_whose_volume_is_gone_is_volume_lost_and_nothing_is_created() {
         let d = MemoryDriver::new();
         let lost = Ensure {
