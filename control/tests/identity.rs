@@ -14,7 +14,9 @@ use berth_proto::v1::{
     ListVolumesRequest, OperationPhase, Phase, ReplaceNodeRequest, Sandbox, SandboxSpec,
     UpdateSandboxRequest,
 };
-use berth_testkit::api::{get, read_file, unique, wait_agent_ready, wait_until, write_file};
+use berth_testkit::api::{
+    get, read_file, unique, wait_agent_ready, wait_gone, wait_until, write_file,
+};
 use berth_testkit::podman::{self, TEST_IMAGE_V1, TEST_IMAGE_V2};
 use berth_testkit::TestCluster;
 
@@ -59,16 +61,7 @@ async fn delete(cluster: &mut TestCluster, name: &str, keep_volume: bool) -> any
             request_id: String::new(),
         })
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(cluster, name).await?.is_some() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{name} never gone\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
+    wait_gone(cluster, name).await
 }
 
 /// Deleted with --keep-volume, then re-created under the same name: the

@@ -14,7 +14,8 @@ use berth_proto::v1::{
     StopSandboxRequest,
 };
 use berth_testkit::api::{
-    any_node, create, exec, get, read_file, unique, wait_agent_ready, wait_until, write_file,
+    any_node, create, exec, get, read_file, unique, wait_agent_ready, wait_gone, wait_until,
+    write_file,
 };
 use berth_testkit::podman::{self, TEST_IMAGE_V1};
 use berth_testkit::TestCluster;
@@ -269,19 +270,6 @@ async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() ->
         "--keep-volume must keep it"
     );
     podman::remove_volume(&volume);
-    Ok(())
-}
-
-async fn wait_gone(cluster: &mut TestCluster, name: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(cluster, name).await?.is_some() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{name} never deleted\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     Ok(())
 }
 

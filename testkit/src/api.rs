@@ -54,6 +54,20 @@ pub async fn get(cluster: &mut TestCluster, name: &str) -> anyhow::Result<Option
     }
 }
 
+/// Waits (at most a minute) until the sandbox is gone from the state machine.
+pub async fn wait_gone(cluster: &mut TestCluster, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(cluster, name).await?.is_some() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} never deleted\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// Polls the sandbox until `done` holds (bounded by `timeout`).
 pub async fn wait_until(
     cluster: &mut TestCluster,

@@ -203,24 +203,32 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_older_listing_never_overwrites_a_newer_command_result() {
-        struct Noop;
-        impl ractor::Actor for Noop {
-            type Msg = NodeMsg;
-            type State = ();
-            type Arguments = ();
-            async fn pre_start(
-                &self,
-                _: ActorRef<NodeMsg>,
-                _: (),
-            ) -> Result<(), ractor::ActorProcessingErr> {
-                Ok(())
-            }
+    struct Noop;
+
+    impl ractor::Actor for Noop {
+        type Msg = NodeMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(
+            &self,
+            _: ActorRef<NodeMsg>,
+            _: (),
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
         }
+    }
+
+    /// A directory with node "n" connected (session 1) to a do-nothing actor.
+    async fn connected() -> (ActorRef<NodeMsg>, Directory) {
         let (actor, _handle) = ractor::Actor::spawn(None, Noop, ()).await.unwrap();
         let dir = Directory::default();
         dir.connect("n", 1, actor.clone());
+        (actor, dir)
+    }
+
+    #[tokio::test]
+    async fn an_older_listing_never_overwrites_a_newer_command_result() {
+        let (actor, dir) = connected().await;
         dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 5)], 5);
         // A command result observed at seq 9: the new container runs.
         dir.update_observed("n", "uid-b", obs("b", ContainerState::Running, 9));
@@ -247,22 +255,7 @@ mod tests {
     /// of a new sandbox "a": two uids, two entries, in either order.
     #[tokio::test]
     async fn a_kept_volume_never_hides_a_new_sandbox_of_the_same_name() {
-        struct Noop;
-        impl ractor::Actor for Noop {
-            type Msg = NodeMsg;
-            type State = ();
-            type Arguments = ();
-            async fn pre_start(
-                &self,
-                _: ActorRef<NodeMsg>,
-                _: (),
-            ) -> Result<(), ractor::ActorProcessingErr> {
-                Ok(())
-            }
-        }
-        let (actor, _handle) = ractor::Actor::spawn(None, Noop, ()).await.unwrap();
-        let dir = Directory::default();
-        dir.connect("n", 1, actor.clone());
+        let (actor, dir) = connected().await;
         let new = Observed {
             uid: "uid-new".into(),
             ..obs("a", ContainerState::Running, 3)

@@ -33,10 +33,10 @@ pub fn client_proposal(
     Ok(berth_raft::Proposal::with_request_id(command, id))
 }
 
-/// A node (agent) name: as the agent accepts it.
-pub fn validate_node_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
+/// `name` is 1-`max` of [A-Za-z0-9_.-], starting with a letter or digit.
+fn validate_word(what: &str, name: &str, max: usize) -> Result<(), ApiError> {
+    let ok = name.len() <= max
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -44,26 +44,19 @@ pub fn validate_node_name(name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::Invalid(format!(
-            "invalid node name {name:?}: 1-253 of [A-Za-z0-9_.-]"
+            "invalid {what} {name:?}: 1-{max} of [A-Za-z0-9_.-], starting with a letter or digit"
         )))
     }
 }
 
-/// A kept volume's name: what the container engine accepts.
+/// A node (agent) name, as the agent accepts it.
+pub fn validate_node_name(name: &str) -> Result<(), ApiError> {
+    validate_word("node name", name, 253)
+}
+
+/// A kept volume's name, as the container engine accepts it.
 pub fn validate_volume_name(volume: &str) -> Result<(), ApiError> {
-    let ok = !volume.is_empty()
-        && volume.len() <= 200
-        && volume.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && volume
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid(format!(
-            "invalid volume name {volume:?}: 1-200 of [A-Za-z0-9_.-], starting with a letter or digit"
-        )))
-    }
+    validate_word("volume name", volume, 200)
 }
 
 /// A request id is 1-128 printable ASCII characters.
