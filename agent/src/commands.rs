@@ -401,6 +401,80 @@ mod tests {
         assert!(driver.inventory().await.unwrap().is_empty());
     }
 
+    /// A driver whose image pull takes long enough for a newer leader to
+    /// appear meanwhile (it raises the fence while "pulling").
+    struct NewLeaderDuringPull {
+        inner: MemoryDriver,
+        fence: Arc<Fence>,
+        new_term: u64,
+    }
+
+    #[tonic::async_trait]
+    impl Driver for NewLeaderDuringPull {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        async fn inventory(&self) -> Result<Vec<Observed>, DriverError> {
+            self.inner.inventory().await
+        }
+        async fn pull(&self, image: &str) -> Result<(), DriverError> {
+            self.fence.observe(self.new_term).unwrap();
+            self.inner.pull(image).await
+        }
+        async fn ensure(&self, e: &berth_proto::agent_v1::Ensure) -> Result<Observed, DriverError> {
+            self.inner.ensure(e).await
+        }
+        async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError> {
+            self.inner.stop(name, uid).await
+        }
+        async fn remove(&self, r: &berth_proto::agent_v1::Remove) -> Result<Observed, DriverError> {
+            self.inner.remove(r).await
+        }
+        async fn exec(
+            &self,
+            name: &str,
+            uid: &str,
+            command: Vec<String>,
+        ) -> Result<crate::driver::ExecStream, DriverError> {
+            self.inner.exec(name, uid, command).await
+        }
+        async fn logs(
+            &self,
+            name: &str,
+            uid: &str,
+            follow: bool,
+        ) -> Result<crate::driver::LogStream, DriverError> {
+            self.inner.logs(name, uid, follow).await
+        }
+        async fn volume_size(&self, volume: &str) -> Result<u64, DriverError> {
+            self.inner.volume_size(volume).await
+        }
+    }
+
+    /// An Ensure admitted under term 3 whose image pull outlasts term 3: it
+    /// is refused before it touches anything.
+    #[tokio::test]
+    async fn a_command_never_acts_across_a_term_change_during_its_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let fence = Arc::new(Fence::load(dir.path()).unwrap());
+        fence.observe(3).unwrap();
+        let driver = NewLeaderDuringPull {
+            inner: MemoryDriver::new(),
+            fence: fence.clone(),
+            new_term: 4,
+        };
+        let r = execute(&driver, &fence, ensure_cmd(1, 3, "a")).await;
+        assert!(r.refused && !r.ok, "{r:?}");
+        assert_eq!(r.error, "stale term 3 < highest 4");
+        assert!(
+            driver.inventory().await.unwrap().is_empty(),
+            "nothing created"
+        );
+        // Under the new term the same Ensure runs.
+        let r = execute(&driver, &fence, ensure_cmd(2, 4, "a")).await;
+        assert!(r.ok, "{r:?}");
+    }
+
     fn pull_cmd(id: u64, term: u64, name: &str, image: &str) -> Command {
         Command {
             command_id: id,
