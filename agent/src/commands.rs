@@ -151,39 +151,40 @@ fn spawn_lane(
 /// Run one admitted command (re-checking the fence first).
 pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> CommandResult {
     let id = command.command_id;
-    if let Err(e) = fence.check(command.term) {
-        return CommandResult {
-            command_id: id,
-            refused: true,
-            error: e.to_string(),
-            ..Default::default()
+    let sandbox = sandbox_of(&command);
+    let refused = |e: crate::fence::FenceError| CommandResult {
+        command_id: id,
+        refused: true,
+        error: e.to_string(),
+        ..Default::default()
+    };
+    let mut highest = match fence.check(command.term) {
+        Ok(highest) => highest,
+        Err(e) => return refused(e),
+    };
+    if let Some(Op::Ensure(e)) = &command.op {
+        // The slow step (fetching the image) first, then the fence again:
+        // a command admitted before a newer leader appeared never acts
+        // after it, however long the pull took.
+        if let Err(err) = driver.pull(&e.image).await {
+            tracing::warn!(command_id = id, %sandbox, op = "ensure", error = %err, "command failed");
+            return failed(id, err.to_string());
+        }
+        highest = match fence.check(command.term) {
+            Ok(highest) => highest,
+            Err(e) => return refused(e),
         };
     }
+    // The audit line the chaos checker reads: the term a command acts under
+    // and the highest term it was checked against (never higher).
+    tracing::info!(command_id = id, term = command.term, fence = highest, %sandbox, "executing");
     let (what, outcome) = match &command.op {
-        Some(Op::Ensure(e)) => {
-            // The slow step (fetching the image) first, then the fence
-            // again: a command admitted before a newer leader appeared
-            // never acts after it, however long the pull took.
-            let fetched = driver.pull(&e.image).await;
-            if let Err(err) = fence.check(command.term) {
-                return CommandResult {
-                    command_id: id,
-                    refused: true,
-                    error: err.to_string(),
-                    ..Default::default()
-                };
-            }
-            match fetched {
-                Ok(()) => ("ensure", driver.ensure(e).await),
-                Err(err) => ("ensure", Err(err)),
-            }
-        }
+        Some(Op::Ensure(e)) => ("ensure", driver.ensure(e).await),
         Some(Op::Stop(s)) => ("stop", driver.stop(&s.name, &s.uid).await),
         Some(Op::Remove(r)) => ("remove", driver.remove(r).await),
         Some(Op::Pull(p)) => ("pull", pull(driver, &p.name, &p.uid, &p.image).await),
         None => return failed(id, "command without an operation".into()),
     };
-    let sandbox = sandbox_of(&command);
     match outcome {
         Ok(mut observed) => {
             observed.seq = next_seq();

@@ -69,9 +69,11 @@ impl Fence {
         self.raise(&mut highest, term)
     }
 
-    /// Refuse `term` if it is lower than the highest seen.
-    pub fn check(&self, term: u64) -> Result<(), FenceError> {
-        stale(term, *self.lock())
+    /// Refuse `term` if it is lower than the highest seen; else the
+    /// highest term it was checked against.
+    pub fn check(&self, term: u64) -> Result<u64, FenceError> {
+        let highest = *self.lock();
+        stale(term, highest).map(|()| highest)
     }
 
     /// Check `term` and, when it is newer, record it: one atomic step, so a

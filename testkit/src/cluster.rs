@@ -26,6 +26,8 @@ pub struct TestCluster {
     env: Vec<(String, String)>,
     initial: String,
     nodes: BTreeMap<u64, NodeSlot>,
+    /// Extra environment of single nodes (for example a chaos crash point).
+    node_env: BTreeMap<u64, Vec<(String, String)>>,
     agents: BTreeMap<String, NodeSlot>,
     /// Sandboxes whose containers and volumes are purged on drop.
     sandboxes: Vec<String>,
@@ -75,6 +77,7 @@ impl TestCluster {
                 .collect(),
             initial,
             nodes,
+            node_env: BTreeMap::new(),
             agents: BTreeMap::new(),
             sandboxes: Vec::new(),
         };
@@ -136,14 +139,43 @@ impl TestCluster {
             None => args.extend(["--initial-cluster".to_string(), self.initial.clone()]),
         }
         args.extend(self.extra_args.iter().cloned());
+        let mut env = self.env.clone();
+        env.extend(self.node_env.get(&id).cloned().unwrap_or_default());
         slot.process = Some(NodeProcess::spawn_with_env(
             &format!("berthd-{id}"),
             &bin_path("berthd"),
             &args,
-            &self.env,
+            &env,
             &log,
         )?);
         Ok(())
+    }
+
+    /// Extra environment for node `id` from its next (re)start on.
+    pub fn set_node_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.node_env.insert(id, env);
+    }
+
+    /// Ids of every control node, running or not.
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Names of every agent, running or not.
+    pub fn agent_names(&self) -> Vec<String> {
+        self.agents.keys().cloned().collect()
+    }
+
+    /// Log files of every agent.
+    pub fn agent_logs(&self) -> Vec<PathBuf> {
+        self.agents
+            .keys()
+            .map(|name| self.dir.path().join(format!("agent-{name}.log")))
+            .collect()
     }
 
     /// Restarts a stopped node from its data dir.

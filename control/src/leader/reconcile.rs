@@ -4,8 +4,12 @@
 //!
 //! Invariants kept here: a placed sandbox is only ever acted on through its
 //! own node (4, 5); deleting asks the node to remove the container (and the
-//! volume unless kept) before the record is forgotten; nothing is decided
-//! from a node whose state is unknown.
+//! volume unless kept) before the record is forgotten, and the record is
+//! forgotten only after the node answered such a Remove: the agent runs a
+//! sandbox's commands in order, so that answer comes after any command
+//! still in flight (from this leader or a deposed one) that could create
+//! the container or volume again; nothing is decided from a node whose
+//! state is unknown.
 
 use berth_proto::agent_v1::{ContainerState, Observed};
 use berth_raft::model::NO_NODE_MESSAGE;
@@ -35,6 +39,9 @@ pub struct Inputs<'a> {
     pub may_act: bool,
     /// Why the last command failed, if it did.
     pub last_error: Option<&'a str>,
+    /// The node has answered a Remove of this sandbox (sent by this actor)
+    /// with success.
+    pub removed: bool,
 }
 
 /// A command for the sandbox's node agent.
@@ -138,7 +145,7 @@ pub fn decide(i: Inputs<'_>) -> Plan {
     match r.desired {
         Desired::Deleted { keep_volume } => {
             let volume_left = observed.is_some_and(|o| o.volume_present) && !keep_volume;
-            if state == ContainerState::Absent && !volume_left {
+            if state == ContainerState::Absent && !volume_left && i.removed {
                 return plan(None, Action::Forget);
             }
             let message = match i.last_error {

@@ -74,7 +74,7 @@ pub struct SandboxArgs {
 /// The kind of command in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Inflight {
-    Container,
+    Container(AgentOp),
     Pull,
 }
 
@@ -90,6 +90,8 @@ pub struct SandboxState {
     running_since: Option<Instant>,
     next_attempt: Instant,
     last_error: Option<String>,
+    /// The node answered a Remove of this sandbox with success.
+    removed: bool,
     /// Failed reconcile steps in a row (writes that did not commit).
     step_failures: u32,
     /// No reconcile before this (backoff after a failed step).
@@ -247,6 +249,7 @@ impl SandboxState {
             inflight: self.inflight.is_some(),
             may_act: Instant::now() >= self.next_attempt,
             last_error: self.last_error.as_deref(),
+            removed: self.removed,
         });
         if let Some(status) = plan.status {
             let changed = status.phase != record.phase
@@ -301,7 +304,7 @@ impl SandboxState {
                     op: op_for(op, &record),
                     reply_to: myself.clone().into(),
                 })?;
-                self.inflight = Some((Inflight::Container, Instant::now()));
+                self.inflight = Some((Inflight::Container(op), Instant::now()));
             }
             Action::Forget => {
                 tracing::info!(sandbox = %record.name, "sandbox removed from its node; forgetting it");
@@ -440,6 +443,9 @@ impl SandboxState {
         if !result.ok && !result.refused && !self.progress.op_id.is_empty() {
             self.progress.command_error = Some(result.error.clone());
         }
+        if result.ok && matches!(kind, Some(Inflight::Container(AgentOp::Remove { .. }))) {
+            self.removed = true;
+        }
         if result.ok {
             self.last_error = None;
             let running = result
@@ -484,6 +490,7 @@ impl Actor for SandboxActor {
             running_since: None,
             next_attempt: Instant::now(),
             last_error: None,
+            removed: false,
             step_failures: 0,
             step_retry_at: Instant::now(),
         })

@@ -57,7 +57,13 @@ fn inputs<'a>(
         inflight: false,
         may_act: true,
         last_error: None,
+        removed: false,
     }
+}
+
+/// `i` after the node answered a Remove.
+fn removed(i: Inputs<'_>) -> Inputs<'_> {
+    Inputs { removed: true, ..i }
 }
 
 #[test]
@@ -225,13 +231,28 @@ fn stop_and_delete_table() {
         decide(inputs(&delete, NodeLink::Connected(Some(&vol_only)), &[])).action,
         remove(false)
     );
+    // Nothing seen on the node is not proof: an Ensure may still be in
+    // flight there (found by the chaos suite: a volume outlived its
+    // sandbox). The node must answer a Remove first, then it is forgotten.
+    for seen in [Some(&nothing), None] {
+        assert_eq!(
+            decide(inputs(&delete, NodeLink::Connected(seen), &[])).action,
+            remove(false)
+        );
+        assert_eq!(
+            decide(removed(inputs(&delete, NodeLink::Connected(seen), &[]))).action,
+            Action::Forget
+        );
+    }
     assert_eq!(
-        decide(inputs(&delete, NodeLink::Connected(Some(&nothing)), &[])).action,
-        Action::Forget
-    );
-    assert_eq!(
-        decide(inputs(&delete, NodeLink::Connected(None), &[])).action,
-        Action::Forget
+        decide(removed(inputs(
+            &delete,
+            NodeLink::Connected(Some(&vol_only)),
+            &[]
+        )))
+        .action,
+        remove(false),
+        "the volume is still there"
     );
     assert_eq!(
         decide(inputs(&keep, NodeLink::Connected(Some(&run)), &[])).action,
@@ -239,6 +260,15 @@ fn stop_and_delete_table() {
     );
     assert_eq!(
         decide(inputs(&keep, NodeLink::Connected(Some(&vol_only)), &[])).action,
+        remove(true)
+    );
+    assert_eq!(
+        decide(removed(inputs(
+            &keep,
+            NodeLink::Connected(Some(&vol_only)),
+            &[]
+        )))
+        .action,
         Action::Forget
     );
 }

@@ -1,0 +1,267 @@
+//! The nemesis: a schedule of faults drawn from the seed, injected into
+//! the real processes of a cluster and healed after a while.
+//!
+//! Faults: `kill -9` of the leader (and, on one node chosen by the seed,
+//! the crash points right after an update phase is committed), of a
+//! follower, of an agent; SIGSTOP/SIGCONT of the leader (the old leader
+//! wakes up after a new one took over); and a full restart of every control
+//! node. Failover times are measured from a leader kill or pause until the
+//! surviving nodes agree on a new leader.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use berth_testkit::TestCluster;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::profile::Profile;
+
+/// Update phases a crash point can follow.
+pub const CRASH_PHASES: [&str; 6] = [
+    "Pulling",
+    "StoppingOld",
+    "StartingNew",
+    "Verifying",
+    "RollingBack",
+    "Succeeded",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum FaultKind {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    KillAgent,
+    RestartAll,
+    /// A node died at its crash point (counted when it is found dead).
+    CrashPoint,
+}
+
+/// One planned fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    pub at_ms: u64,
+    pub kind: FaultKind,
+    pub hold_ms: u64,
+    /// Picks among candidates (followers, agents).
+    pub pick: u64,
+}
+
+/// The faults of a run, drawn from the seed; the same seed and profile
+/// give the same schedule (`--replay`).
+pub fn schedule(seed: u64, profile: &Profile) -> Vec<Fault> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut faults = Vec::new();
+    let mut at = Duration::from_secs(5);
+    let between = |rng: &mut StdRng, (lo, hi): (Duration, Duration)| {
+        Duration::from_millis(rng.gen_range(lo.as_millis() as u64..=hi.as_millis() as u64))
+    };
+    while at < profile.duration {
+        let kind = match rng.gen_range(0..100) {
+            0..=34 => FaultKind::KillLeader,
+            35..=49 => FaultKind::KillFollower,
+            50..=69 => FaultKind::PauseLeader,
+            70..=89 => FaultKind::KillAgent,
+            _ => FaultKind::RestartAll,
+        };
+        let hold = between(&mut rng, profile.fault_hold);
+        faults.push(Fault {
+            at_ms: at.as_millis() as u64,
+            kind,
+            hold_ms: hold.as_millis() as u64,
+            pick: rng.gen(),
+        });
+        at += hold + between(&mut rng, profile.fault_gap);
+    }
+    faults
+}
+
+/// The node with a crash point, and the phase it crashes after.
+pub fn crash_point(seed: u64, nodes: u64) -> (u64, &'static str) {
+    let mut rng = StdRng::seed_from_u64(seed.rotate_left(17));
+    let node = rng.gen_range(1..=nodes);
+    (node, CRASH_PHASES[rng.gen_range(0..CRASH_PHASES.len())])
+}
+
+/// What the nemesis did.
+#[derive(Debug, Default, Serialize)]
+pub struct NemesisReport {
+    pub injected: BTreeMap<String, u64>,
+    pub failover_ms: Vec<u64>,
+    /// Every fault with when it was injected (ms since the start).
+    pub log: Vec<(u64, String)>,
+}
+
+impl NemesisReport {
+    fn count(&mut self, kind: FaultKind, at_ms: u64, what: String) {
+        *self.injected.entry(format!("{kind:?}")).or_default() += 1;
+        self.log.push((at_ms, what));
+    }
+}
+
+/// The leader as the running nodes see it.
+pub async fn leader(cluster: &mut TestCluster) -> Option<u64> {
+    for id in cluster.running() {
+        if let Ok(status) = cluster.status(id).await {
+            if status.leader_id != 0 {
+                return Some(status.leader_id);
+            }
+        }
+    }
+    None
+}
+
+/// Waits until the nodes other than `old` agree on a leader other than it.
+async fn failover(cluster: &mut TestCluster, old: u64) -> Option<Duration> {
+    let started = Instant::now();
+    let others: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != old)
+        .collect();
+    while started.elapsed() < Duration::from_secs(30) {
+        for id in &others {
+            if let Ok(s) = cluster.status(*id).await {
+                if s.leader_id != 0 && s.leader_id != old {
+                    return Some(started.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Restarts every control node and agent that is not running (a crash
+/// point fired, or a fault is being healed).
+pub fn revive(
+    cluster: &mut TestCluster,
+    report: &mut NemesisReport,
+    started: Instant,
+    count: bool,
+) {
+    for id in cluster.node_ids() {
+        let running = cluster.process(id).is_some_and(|p| p.is_running());
+        if !running {
+            if count {
+                let at = started.elapsed().as_millis() as u64;
+                report.count(
+                    FaultKind::CrashPoint,
+                    at,
+                    format!("node {id} died at its crash point"),
+                );
+            }
+            if let Err(e) = cluster.restart(id) {
+                eprintln!("berth-chaos: cannot restart node {id}: {e:#}");
+            }
+        }
+    }
+    for name in cluster.agent_names() {
+        let running = cluster.agent(&name).is_some_and(|p| p.is_running());
+        if !running {
+            if let Err(e) = cluster.start_agent(&name) {
+                eprintln!("berth-chaos: cannot restart agent {name}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Sleeps `d`, restarting nodes that die meanwhile (crash points).
+async fn watchful_sleep(
+    cluster: &mut TestCluster,
+    d: Duration,
+    report: &mut NemesisReport,
+    started: Instant,
+) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250).min(until - Instant::now())).await;
+        revive(cluster, report, started, true);
+    }
+}
+
+/// Injects the scheduled faults until `profile.duration` has passed.
+pub async fn run(
+    cluster: &mut TestCluster,
+    faults: &[Fault],
+    profile: &Profile,
+    started: Instant,
+) -> NemesisReport {
+    let mut report = NemesisReport::default();
+    for fault in faults {
+        let at = Duration::from_millis(fault.at_ms);
+        if at >= profile.duration {
+            break;
+        }
+        let wait = at.saturating_sub(started.elapsed());
+        watchful_sleep(cluster, wait, &mut report, started).await;
+        let now = started.elapsed().as_millis() as u64;
+        let hold = Duration::from_millis(fault.hold_ms);
+        match fault.kind {
+            FaultKind::KillLeader | FaultKind::PauseLeader => {
+                let Some(old) = leader(cluster).await else {
+                    continue;
+                };
+                let pause = fault.kind == FaultKind::PauseLeader;
+                if pause {
+                    if let Some(p) = cluster.process(old) {
+                        let _ = p.pause();
+                    }
+                } else {
+                    cluster.kill9(old);
+                }
+                report.count(fault.kind, now, format!("{:?} node {old}", fault.kind));
+                if let Some(took) = failover(cluster, old).await {
+                    report.failover_ms.push(took.as_millis() as u64);
+                }
+                if pause {
+                    watchful_sleep(cluster, hold, &mut report, started).await;
+                } else {
+                    tokio::time::sleep(hold).await;
+                }
+                if pause {
+                    if let Some(p) = cluster.process(old) {
+                        let _ = p.resume();
+                    }
+                }
+            }
+            FaultKind::KillFollower => {
+                let leader = leader(cluster).await;
+                let followers: Vec<u64> = cluster
+                    .running()
+                    .into_iter()
+                    .filter(|id| Some(*id) != leader)
+                    .collect();
+                if followers.is_empty() {
+                    continue;
+                }
+                let victim = followers[(fault.pick % followers.len() as u64) as usize];
+                cluster.kill9(victim);
+                report.count(fault.kind, now, format!("KillFollower node {victim}"));
+                tokio::time::sleep(hold).await;
+            }
+            FaultKind::KillAgent => {
+                let agents = cluster.agent_names();
+                let victim = agents[(fault.pick % agents.len() as u64) as usize].clone();
+                cluster.kill9_agent(&victim);
+                report.count(fault.kind, now, format!("KillAgent {victim}"));
+                tokio::time::sleep(hold).await;
+            }
+            FaultKind::RestartAll => {
+                for id in cluster.node_ids() {
+                    cluster.kill9(id);
+                }
+                report.count(fault.kind, now, "RestartAll".to_string());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            FaultKind::CrashPoint => {}
+        }
+        // Heal: everything killed comes back (a crash point counts itself).
+        revive(cluster, &mut report, started, false);
+    }
+    let rest = profile.duration.saturating_sub(started.elapsed());
+    watchful_sleep(cluster, rest, &mut report, started).await;
+    report
+}

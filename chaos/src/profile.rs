@@ -1,0 +1,61 @@
+//! Run profiles: how big the cluster is, how long the workload runs, and
+//! which faults the nemesis draws from.
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileName {
+    /// About five minutes; run by CI.
+    Ci,
+    /// Long: many leader kills mid-update.
+    Long,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: ProfileName,
+    pub control_nodes: u64,
+    pub agents: usize,
+    pub clients: usize,
+    pub sandboxes: usize,
+    /// How long the workload and the nemesis run.
+    pub duration: Duration,
+    /// Pause between two faults (drawn between these bounds).
+    pub fault_gap: (Duration, Duration),
+    /// How long a fault lasts before it is healed.
+    pub fault_hold: (Duration, Duration),
+    /// How long the cluster gets to settle after the faults heal.
+    pub settle: Duration,
+}
+
+impl Profile {
+    pub fn new(name: ProfileName, minutes: Option<u64>) -> Self {
+        let secs = |s| Duration::from_secs(s);
+        match name {
+            ProfileName::Ci => Self {
+                name,
+                control_nodes: 3,
+                agents: 2,
+                clients: 4,
+                sandboxes: 4,
+                duration: minutes.map_or(secs(120), |m| secs(m * 60)),
+                fault_gap: (secs(6), secs(14)),
+                fault_hold: (secs(2), secs(6)),
+                settle: secs(120),
+            },
+            ProfileName::Long => Self {
+                name,
+                control_nodes: 5,
+                agents: 2,
+                clients: 6,
+                sandboxes: 6,
+                duration: minutes.map_or(secs(3600), |m| secs(m * 60)),
+                fault_gap: (secs(3), secs(8)),
+                fault_hold: (secs(1), secs(5)),
+                settle: secs(180),
+            },
+        }
+    }
+}
