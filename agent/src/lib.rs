@@ -12,6 +12,7 @@
 //! documents (`policies/<sandbox>-r<revision>.yaml`, bind-mounted read-only
 //! at `/etc/berth/policy.yaml`; rewritten from `Ensure` whenever needed).
 
+mod chaos;
 pub mod commands;
 pub mod data_server;
 pub mod driver;

@@ -49,6 +49,11 @@ struct Args {
     /// Print the fault schedule of the seed and exit.
     #[arg(long)]
     dry_run: bool,
+    /// Run deliberately broken processes (test-only faults, to show the
+    /// checker catches them): second-container (agents), forget-early
+    /// (control nodes). Comma separated.
+    #[arg(long = "break", value_name = "FAULT")]
+    break_: Option<String>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -86,7 +91,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     podman::ensure_test_image().context("build the test images")?;
-    let mut cluster = TestCluster::start(profile.control_nodes).await?;
+    let broken: Vec<(&str, &str)> = args
+        .break_
+        .as_deref()
+        .map(|b| vec![("BERTH_CHAOS_BREAK", b)])
+        .unwrap_or_default();
+    if let Some(b) = &args.break_ {
+        eprintln!("berth-chaos: DELIBERATELY BROKEN processes: {b}");
+    }
+    let mut cluster = TestCluster::start_with_env(profile.control_nodes, &[], &broken).await?;
+    cluster.set_agent_env(&broken);
     let control = cluster.control_addrs();
     for i in 1..=profile.agents {
         let name = format!("chaos-node-{i}");

@@ -28,6 +28,8 @@ pub struct TestCluster {
     nodes: BTreeMap<u64, NodeSlot>,
     /// Extra environment of single nodes (for example a chaos crash point).
     node_env: BTreeMap<u64, Vec<(String, String)>>,
+    /// Extra environment of every agent.
+    agent_env: Vec<(String, String)>,
     agents: BTreeMap<String, NodeSlot>,
     /// Sandboxes whose containers and volumes are purged on drop.
     sandboxes: Vec<String>,
@@ -78,6 +80,7 @@ impl TestCluster {
             initial,
             nodes,
             node_env: BTreeMap::new(),
+            agent_env: Vec::new(),
             agents: BTreeMap::new(),
             sandboxes: Vec::new(),
         };
@@ -158,6 +161,14 @@ impl TestCluster {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         self.node_env.insert(id, env);
+    }
+
+    /// Extra environment for every agent started from now on.
+    pub fn set_agent_env(&mut self, env: &[(&str, &str)]) {
+        self.agent_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Ids of every control node, running or not.
@@ -335,10 +346,11 @@ impl TestCluster {
             addr.clone(),
         ];
         let log = self.dir.path().join(format!("agent-{name}.log"));
-        let process = NodeProcess::spawn(
+        let process = NodeProcess::spawn_with_env(
             &format!("agent-{name}"),
             &bin_path("berth-agent"),
             &args,
+            &self.agent_env,
             &log,
         )?;
         self.agents.insert(

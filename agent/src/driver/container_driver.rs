@@ -320,6 +320,14 @@ impl ContainerDriver {
             container_policy::apply(policy, file, &mut body);
         }
         let cname = container_name(&e.name);
+        if crate::chaos::broken("second-container") {
+            let twin = CreateContainerOptionsBuilder::new()
+                .name(&format!("{cname}-twin-{}", e.revision))
+                .build();
+            if let Ok(c) = self.docker.create_container(Some(twin), body.clone()).await {
+                let _ = self.docker.start_container(&c.id, None).await;
+            }
+        }
         let opts = CreateContainerOptionsBuilder::new().name(&cname).build();
         self.docker
             .create_container(Some(opts), body)

@@ -249,7 +249,7 @@ impl SandboxState {
             inflight: self.inflight.is_some(),
             may_act: Instant::now() >= self.next_attempt,
             last_error: self.last_error.as_deref(),
-            removed: self.removed,
+            removed: self.removed || crate::chaos::broken("forget-early"),
         });
         if let Some(status) = plan.status {
             let changed = status.phase != record.phase
