@@ -265,3 +265,33 @@ pub async fn run(
     watchful_sleep(cluster, rest, &mut report, started).await;
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::ProfileName;
+
+    #[test]
+    fn a_seed_gives_one_schedule() {
+        let profile = Profile::new(ProfileName::Ci, None);
+        let a = schedule(42, &profile);
+        let b = schedule(42, &profile);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+        assert_ne!(
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&schedule(43, &profile)).unwrap()
+        );
+        assert!(a.len() >= 5, "{}", a.len());
+        assert!(a
+            .windows(2)
+            .all(|w| w[0].at_ms + w[0].hold_ms <= w[1].at_ms));
+        assert!(a
+            .iter()
+            .all(|f| f.at_ms < profile.duration.as_millis() as u64));
+        assert_eq!(crash_point(42, 3), crash_point(42, 3));
+        assert!((1..=3).contains(&crash_point(42, 3).0));
+    }
+}

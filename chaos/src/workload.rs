@@ -225,15 +225,20 @@ async fn write_marker(
     name: String,
     n: u64,
 ) -> Result<Value, Status> {
+    // The identity file is created with O_EXCL (noclobber), so of two
+    // concurrent first writers one names the workspace and both read it.
     let script = format!(
-        "mkdir -p /sandbox/chaos && {{ [ -s /sandbox/chaos/id ] || echo ws-{n} > /sandbox/chaos/id; }} && echo {} > /sandbox/chaos/m-{n} && sync && cat /sandbox/chaos/id",
+        "mkdir -p /sandbox/chaos && {{ ( set -C; echo ws-{n} > /sandbox/chaos/id ) 2>/dev/null; true; }} && echo {} > /sandbox/chaos/m-{n} && sync && i=0 && while [ ! -s /sandbox/chaos/id ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; cat /sandbox/chaos/id",
         marker_content(n)
     );
     let (code, out) = exec(client, name, &script).await?;
-    if code != 0 {
-        return Err(Status::internal(format!("marker write exited {code}")));
+    let workspace = out.trim().to_string();
+    if code != 0 || workspace.is_empty() {
+        return Err(Status::internal(format!(
+            "marker write exited {code} (workspace {workspace:?})"
+        )));
     }
-    Ok(Value::Workspace(out.trim().to_string()))
+    Ok(Value::Workspace(workspace))
 }
 
 /// Runs `sh -c script` in the sandbox: (exit code, stdout).

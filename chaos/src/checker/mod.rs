@@ -245,11 +245,12 @@ fn check_markers(
                 }
             }
             None => {
-                // Gone: legitimate only if its sandbox was deleted since.
+                // Gone: legitimate only if a delete of its sandbox may have
+                // taken effect after the marker was written.
                 let deleted = ops.iter().any(|d| {
                     d.sandbox == op.sandbox
                         && d.kind == OpKind::Delete
-                        && d.invoke_ms >= op.invoke_ms
+                        && d.complete_ms.is_none_or(|c| c >= op.invoke_ms)
                         && !matches!(d.outcome, Outcome::Failed { .. })
                 });
                 let unverifiable = found.get(&op.sandbox).is_none() && !deleted;
