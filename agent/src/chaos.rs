@@ -4,7 +4,9 @@
 //! nothing changes. Never set it outside `berth-chaos --break`.
 //!
 //! - `second-container`: every container the driver creates gets a running
-//!   twin with the same labels and volume (breaks invariant 5).
+//!   twin with the same labels and volume (breaks invariant 5);
+//! - `skip-fencing`: commands of any term are executed (breaks invariant 3;
+//!   paired with a control plane that stamps stale terms, `stale-stamp`).
 
 use std::sync::OnceLock;
 

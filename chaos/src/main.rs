@@ -50,8 +50,8 @@ struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Run deliberately broken processes (test-only faults, to show the
-    /// checker catches them): second-container (agents), forget-early
-    /// (control nodes). Comma separated.
+    /// checker catches them): second-container, skip-fencing (agents),
+    /// forget-early, stale-stamp (control nodes). Comma separated.
     #[arg(long = "break", value_name = "FAULT")]
     break_: Option<String>,
 }

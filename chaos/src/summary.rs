@@ -113,8 +113,15 @@ impl Summary {
             for (kind, n) in &self.violations {
                 println!("{kind:<25} {n}");
             }
+            let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
             for v in &self.violation_details {
-                println!("  {}: {}", v.kind, v.detail);
+                let n = shown.entry(v.kind.as_str()).or_default();
+                *n += 1;
+                if *n <= 10 {
+                    println!("  {}: {}", v.kind, v.detail);
+                } else if *n == 11 {
+                    println!("  {}: ... (see the JSON report)", v.kind);
+                }
             }
         }
     }

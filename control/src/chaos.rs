@@ -16,7 +16,9 @@ const BREAK: &str = "BERTH_CHAOS_BREAK";
 ///
 /// - `forget-early`: a deleted sandbox is forgotten as soon as its node
 ///   reports nothing of it, without waiting for the node to answer a Remove
-///   (the bug the chaos suite found: volumes outlive their sandboxes).
+///   (the bug the chaos suite found: volumes outlive their sandboxes);
+/// - `stale-stamp`: commands to agents carry the term before this leader's
+///   (a deposed leader's commands; agents must refuse them).
 pub fn broken(what: &str) -> bool {
     static FAULTS: OnceLock<Vec<String>> = OnceLock::new();
     FAULTS

@@ -294,7 +294,11 @@ impl Actor for NodeActor {
                 let message = ControlMessage {
                     msg: Some(control_message::Msg::Command(AgentCommand {
                         command_id,
-                        term: state.ctx.term,
+                        term: if crate::chaos::broken("stale-stamp") {
+                            state.ctx.term.saturating_sub(1)
+                        } else {
+                            state.ctx.term
+                        },
                         op: Some(op),
                     })),
                 };
