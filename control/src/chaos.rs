@@ -7,32 +7,16 @@
 use std::sync::OnceLock;
 
 const ENV: &str = "BERTH_CHAOS_CRASH_AFTER_PHASE";
-const BREAK: &str = "BERTH_CHAOS_BREAK";
 
-/// Test-only faults for the chaos suite's proof that its checker catches
-/// real violations: with `BERTH_CHAOS_BREAK` naming a fault (a comma
-/// separated list), this node deliberately breaks an invariant. Unset,
-/// nothing changes. Never set it outside `berth-chaos --break`.
+/// This node's test-only faults for the chaos suite (switched on by
+/// `BERTH_CHAOS_BREAK`, see `berth_proto::chaos`):
 ///
 /// - `forget-early`: a deleted sandbox is forgotten as soon as its node
 ///   reports nothing of it, without waiting for the node to answer a Remove
 ///   (the bug the chaos suite found: volumes outlive their sandboxes);
 /// - `stale-stamp`: commands to agents carry the term before this leader's
 ///   (a deposed leader's commands; agents must refuse them).
-pub fn broken(what: &str) -> bool {
-    static FAULTS: OnceLock<Vec<String>> = OnceLock::new();
-    FAULTS
-        .get_or_init(|| {
-            std::env::var(BREAK)
-                .unwrap_or_default()
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .iter()
-        .any(|f| f == what)
-}
+pub use berth_proto::chaos::broken;
 
 /// Called after an operation's phase change to `phase` was committed.
 pub fn after_phase_committed(phase: &str) {

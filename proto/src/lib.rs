@@ -3,6 +3,7 @@
 //! `berth.agent.v1` agent protocol; plus [`policy`], the sandbox policy
 //! document that the control plane validates and agents apply.
 
+pub mod chaos;
 pub mod policy;
 
 /// Public API: sandboxes and cluster membership.
