@@ -15,20 +15,12 @@ use berth_proto::v1::{
     UpdateSandboxRequest,
 };
 use berth_testkit::api::{
-    get, read_file, unique, wait_agent_ready, wait_gone, wait_until, write_file,
+    cluster_with_agent, get, read_file, unique, wait_gone, wait_until, write_file,
 };
 use berth_testkit::podman::{self, TEST_IMAGE_V1, TEST_IMAGE_V2};
 use berth_testkit::TestCluster;
 
 const NODE: &str = "n1";
-
-async fn cluster_with_agent() -> anyhow::Result<TestCluster> {
-    podman::ensure_test_image()?;
-    let mut cluster = TestCluster::start(3).await?;
-    cluster.start_agent(NODE)?;
-    wait_agent_ready(&cluster, NODE, Duration::from_secs(30)).await?;
-    Ok(cluster)
-}
 
 fn create_request(name: &str, volume: &str) -> CreateSandboxRequest {
     CreateSandboxRequest {
@@ -73,7 +65,7 @@ async fn delete(cluster: &mut TestCluster, name: &str, keep_volume: bool) -> any
 #[tokio::test]
 async fn a_kept_volume_is_never_confused_with_a_new_sandbox_of_the_same_name() -> anyhow::Result<()>
 {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let name = cluster.track(&unique("keep"));
     let adopter = cluster.track(&unique("adopt"));
     let first = running(&mut cluster, &name, "").await?;
@@ -190,7 +182,7 @@ async fn a_kept_volume_is_never_confused_with_a_new_sandbox_of_the_same_name() -
 /// volume is created.
 #[tokio::test]
 async fn a_lost_volume_is_reported_never_recreated_empty() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let name = cluster.track(&unique("lost"));
     let s = running(&mut cluster, &name, "").await?;
     cluster.kill9_agent(NODE);
@@ -229,7 +221,7 @@ async fn agent_instance(cluster: &TestCluster) -> anyhow::Result<(bool, String)>
 /// is accepted only once an operator runs `berth node replace`.
 #[tokio::test]
 async fn a_second_agent_cannot_take_a_node_name() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let name = cluster.track(&unique("claim"));
     let s = running(&mut cluster, &name, "").await?;
     let (_, first) = agent_instance(&cluster).await?;

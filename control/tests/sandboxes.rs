@@ -14,21 +14,13 @@ use berth_proto::v1::{
     StopSandboxRequest,
 };
 use berth_testkit::api::{
-    any_node, create, exec, get, read_file, unique, wait_agent_ready, wait_gone, wait_until,
-    write_file,
+    any_node, cluster_with_agent, create, exec, get, read_file, unique, wait_agent_ready,
+    wait_gone, wait_until, write_file,
 };
 use berth_testkit::podman::{self, TEST_IMAGE_V1};
 use berth_testkit::TestCluster;
 
 const NODE: &str = "n1";
-
-async fn cluster_with_agent() -> anyhow::Result<TestCluster> {
-    podman::ensure_test_image()?;
-    let mut cluster = TestCluster::start(3).await?;
-    cluster.start_agent(NODE)?;
-    wait_agent_ready(&cluster, NODE, Duration::from_secs(30)).await?;
-    Ok(cluster)
-}
 
 async fn wait_phase(
     cluster: &mut TestCluster,
@@ -52,7 +44,7 @@ async fn running(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspace_survives_a_restart_of_every_control_node() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let (name, before) = running(&mut cluster, "gw").await?;
     let (_, seeded) = exec(&mut cluster, &name, &["cat", "/sandbox/README"]).await?;
     assert!(
@@ -88,7 +80,7 @@ async fn workspace_survives_a_restart_of_every_control_node() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_adopts_running_sandboxes_without_touching_them() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let mut sandboxes = Vec::new();
     for i in 0..3 {
         sandboxes.push(running(&mut cluster, &format!("adopt{i}")).await?);
@@ -135,7 +127,7 @@ async fn a_new_leader_adopts_running_sandboxes_without_touching_them() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_reconciles_its_inventory_without_duplicates_or_deletes(
 ) -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let (name, before) = running(&mut cluster, "agentrs").await?;
     write_file(&mut cluster, &name, "kept").await?;
     cluster.kill9_agent(NODE);
@@ -170,7 +162,7 @@ async fn an_agent_restart_reconciles_its_inventory_without_duplicates_or_deletes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_removed_behind_berths_back_is_recreated_with_the_same_volume(
 ) -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let (name, before) = running(&mut cluster, "recreate").await?;
     let volume = get(&mut cluster, &name).await?.expect("sandbox").volume;
     write_file(&mut cluster, &name, "survivor").await?;
@@ -202,7 +194,7 @@ async fn a_container_removed_behind_berths_back_is_recreated_with_the_same_volum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() -> anyhow::Result<()>
 {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let (name, before) = running(&mut cluster, "life").await?;
     write_file(&mut cluster, &name, "v").await?;
     let via = any_node(&mut cluster);
@@ -275,7 +267,7 @@ async fn stop_start_and_delete_with_and_without_the_volume_leave_no_orphans() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_fails_clearly_and_unknown_sandboxes_are_not_found() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let name = cluster.track(&unique("noimage"));
     create(&mut cluster, &name, "localhost/berth-does-not-exist:v9").await?;
     let failed = wait_phase(&mut cluster, &name, Phase::Failed, Duration::from_secs(90)).await?;
@@ -305,7 +297,7 @@ async fn a_missing_image_fails_clearly_and_unknown_sandboxes_are_not_found() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_looping_container_is_restarted_with_growing_backoff() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent().await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let name = cluster.track(&unique("crashloop"));
     create(&mut cluster, &name, podman::TEST_IMAGE_CRASH).await?;
     let s = wait_until(&mut cluster, &name, Duration::from_secs(60), |s| {

@@ -14,20 +14,12 @@ use berth_proto::v1::{
     UpdateSandboxRequest,
 };
 use berth_testkit::api::{
-    any_node, create, exec, get, read_file, unique, wait_agent_ready, wait_until, write_file,
+    any_node, cluster_with_agent, create, exec, get, read_file, unique, wait_until, write_file,
 };
 use berth_testkit::podman::{self, TEST_IMAGE_CRASH, TEST_IMAGE_V1, TEST_IMAGE_V2};
 use berth_testkit::TestCluster;
 
 const NODE: &str = "n1";
-
-async fn cluster_with_agent(env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
-    podman::ensure_test_image()?;
-    let mut cluster = TestCluster::start_with_env(3, &[], env).await?;
-    cluster.start_agent(NODE)?;
-    wait_agent_ready(&cluster, NODE, Duration::from_secs(30)).await?;
-    Ok(cluster)
-}
 
 /// A running sandbox at revision 1 with "precious" in its workspace.
 async fn running_with_data(
@@ -122,7 +114,7 @@ async fn assert_intact(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_keeps_the_workspace_and_a_crashing_or_missing_image_is_undone() -> anyhow::Result<()>
 {
-    let mut cluster = cluster_with_agent(&[]).await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let (name, s) = running_with_data(&mut cluster, "upd").await?;
 
     // v1 -> v2 succeeds on the same volume.
@@ -185,7 +177,7 @@ async fn update_keeps_the_workspace_and_a_crashing_or_missing_image_is_undone() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_updates_are_gated_and_invalid_policies_change_nothing() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent(&[]).await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let (name, s) = running_with_data(&mut cluster, "pol").await?;
 
     let invalid = update(
@@ -237,7 +229,7 @@ async fn policy_updates_are_gated_and_invalid_policies_change_nothing() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_rollback_to_a_revision_and_during_an_update() -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent(&[]).await?;
+    let mut cluster = cluster_with_agent(NODE, &[]).await?;
     let (name, s) = running_with_data(&mut cluster, "rb").await?;
     update(&mut cluster, update_to(&name, Some(TEST_IMAGE_V2), None)).await?;
     assert_eq!(
@@ -328,7 +320,7 @@ async fn failover_in(
     expect: OperationPhase,
     version: &str,
 ) -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent(&[("BERTH_CHAOS_CRASH_AFTER_PHASE", phase)]).await?;
+    let mut cluster = cluster_with_agent(NODE, &[("BERTH_CHAOS_CRASH_AFTER_PHASE", phase)]).await?;
     let (name, s) =
         running_with_data(&mut cluster, &format!("fo-{}", phase.to_lowercase())).await?;
     update(&mut cluster, update_to(&name, Some(image), None)).await?;

@@ -134,6 +134,16 @@ pub async fn read_file(cluster: &mut TestCluster, name: &str) -> anyhow::Result<
     Ok(out.trim().to_string())
 }
 
+/// Three control nodes (with `env`) and a container-driver agent `node`
+/// on Podman, Ready, with the test images built.
+pub async fn cluster_with_agent(node: &str, env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
+    crate::podman::ensure_test_image()?;
+    let mut cluster = TestCluster::start_with_env(3, &[], env).await?;
+    cluster.start_agent(node)?;
+    wait_agent_ready(&cluster, node, Duration::from_secs(30)).await?;
+    Ok(cluster)
+}
+
 /// Waits until agent `agent` is Ready in the state machine.
 pub async fn wait_agent_ready(
     cluster: &TestCluster,

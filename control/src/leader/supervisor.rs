@@ -145,17 +145,20 @@ impl SupervisorState {
         self.volumes_inflight.retain(|v, sent| {
             deleting.iter().any(|d| &d.volume == v) && sent.elapsed() < VOLUME_RETRY
         });
-        for v in deleting {
-            if self.volumes_inflight.contains_key(&v.volume) {
-                continue;
-            }
-            let Some(node_actor) = self.ctx.directory.actor(&v.node) else {
-                continue;
-            };
-            if let Err(e) = self.ctx.barrier().await {
-                tracing::debug!(error = %e, "not removing kept volumes now");
-                return;
-            }
+        let due: Vec<(KeptVolume, ActorRef<NodeMsg>)> = deleting
+            .into_iter()
+            .filter(|v| !self.volumes_inflight.contains_key(&v.volume))
+            .filter_map(|v| self.ctx.directory.actor(&v.node).map(|a| (v, a)))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        // One barrier for the whole batch: act only on fresh state.
+        if let Err(e) = self.ctx.barrier().await {
+            tracing::debug!(error = %e, "not removing kept volumes now");
+            return;
+        }
+        for (v, node_actor) in due {
             let op = command::Op::Remove(Remove {
                 name: v.sandbox.clone(),
                 uid: v.uid.clone(),

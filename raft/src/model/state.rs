@@ -110,6 +110,28 @@ impl State {
         self.nodes.insert(record.name.clone(), record);
     }
 
+    /// Makes one change to the in-memory state: a change `apply` decided,
+    /// or a record loaded from a snapshot.
+    pub fn take(&mut self, change: &Change) {
+        match change {
+            Change::PutSandbox(r) => self.insert(r.clone()),
+            Change::DeleteSandbox(name) => {
+                self.sandboxes.remove(name);
+            }
+            Change::PutNode(n) => self.insert_node(n.clone()),
+            Change::PutRequest(r) => self.insert_request(r.clone()),
+            Change::DeleteRequest(id) => {
+                if let Some(r) = self.requests.remove(id) {
+                    self.request_order.remove(&r.index);
+                }
+            }
+            Change::PutVolume(v) => self.insert_volume(v.clone()),
+            Change::DeleteVolume(v) => {
+                self.volumes.remove(v);
+            }
+        }
+    }
+
     /// Inserts a kept volume as loaded from storage or a snapshot.
     pub fn insert_volume(&mut self, volume: KeptVolume) {
         self.volumes.insert(volume.volume.clone(), volume);
@@ -172,15 +194,14 @@ impl State {
             subject,
             response: response.clone(),
         };
-        self.insert_request(record.clone());
-        changes.push(Change::PutRequest(record));
-        while self.requests.len() > REQUEST_WINDOW {
-            let Some((_, oldest)) = self.request_order.pop_first() else {
-                break;
-            };
-            self.requests.remove(&oldest);
-            changes.push(Change::DeleteRequest(oldest));
+        let mut remembered = vec![Change::PutRequest(record)];
+        let excess = (self.requests.len() + 1).saturating_sub(REQUEST_WINDOW);
+        let evicted = self.request_order.values().take(excess).cloned();
+        remembered.extend(evicted.map(Change::DeleteRequest).collect::<Vec<_>>());
+        for change in &remembered {
+            self.take(change);
         }
+        changes.extend(remembered);
         (response, changes)
     }
 
@@ -194,19 +215,7 @@ impl State {
     pub fn apply(&mut self, command: &Command) -> Applied {
         let (response, changes) = self.decide(command);
         for change in &changes {
-            match change {
-                Change::PutSandbox(r) => self.insert(r.clone()),
-                Change::DeleteSandbox(name) => {
-                    self.sandboxes.remove(name);
-                }
-                Change::PutNode(n) => self.insert_node(n.clone()),
-                // Requests are kept by `apply_proposal`.
-                Change::PutRequest(_) | Change::DeleteRequest(_) => {}
-                Change::PutVolume(v) => self.insert_volume(v.clone()),
-                Change::DeleteVolume(v) => {
-                    self.volumes.remove(v);
-                }
-            }
+            self.take(change);
         }
         (response, changes)
     }

@@ -279,37 +279,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.delete_cf(sm_cf, key);
         }
         let mut table = State::default();
-        for record in file.records {
-            batch.put_cf(
-                sm_cf,
-                keys::sandbox_key(&record.name),
-                codec::encode(&record).map_err(io_write)?,
-            );
-            table.insert(record);
-        }
-        for node in file.nodes {
-            batch.put_cf(
-                sm_cf,
-                keys::node_key(&node.name),
-                codec::encode(&node).map_err(io_write)?,
-            );
-            table.insert_node(node);
-        }
-        for request in file.requests {
-            batch.put_cf(
-                sm_cf,
-                keys::request_key(&request.id),
-                codec::encode(&request).map_err(io_write)?,
-            );
-            table.insert_request(request);
-        }
-        for volume in file.volumes {
-            batch.put_cf(
-                sm_cf,
-                keys::volume_key(&volume.volume),
-                codec::encode(&volume).map_err(io_write)?,
-            );
-            table.insert_volume(volume);
+        let items = (file.records.into_iter().map(Change::PutSandbox))
+            .chain(file.nodes.into_iter().map(Change::PutNode))
+            .chain(file.requests.into_iter().map(Change::PutRequest))
+            .chain(file.volumes.into_iter().map(Change::PutVolume));
+        for item in items {
+            table.take(&item);
+            persist(&mut batch, sm_cf, item)?;
         }
         let view = StateView {
             last_applied: meta.last_log_id,

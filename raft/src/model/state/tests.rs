@@ -35,6 +35,20 @@ fn schedule(name: &str, node: &str) -> Command {
     }
 }
 
+/// Registers node n1 and runs sandbox `name` on it.
+fn placed_running(state: &mut State, name: &str) {
+    state.apply(&register("n1"));
+    state.apply(&create(name));
+    state.apply(&schedule(name, "n1"));
+    state.apply(&Command::SetSandboxStatus {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        phase: Phase::Running,
+        message: "running".into(),
+        container_id: "c".into(),
+    });
+}
+
 fn rejected(resp: &CommandResponse) -> Option<RejectionKind> {
     match resp {
         CommandResponse::Rejected { rejection } => Some(rejection.kind),
@@ -204,19 +218,6 @@ mod operations {
     use super::*;
     use crate::model::update::{UpdatePhase, UpdatePolicy};
     use crate::model::OperationKind;
-
-    fn placed_running(state: &mut State, name: &str) {
-        state.apply(&register("n1"));
-        state.apply(&create(name));
-        state.apply(&schedule(name, "n1"));
-        state.apply(&Command::SetSandboxStatus {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            phase: Phase::Running,
-            message: "running".into(),
-            container_id: "c".into(),
-        });
-    }
 
     fn update(name: &str, image: &str, expected: Option<u64>) -> Command {
         Command::UpdateSandbox {
@@ -700,23 +701,11 @@ mod identity {
         assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition));
     }
 
-    fn running_on(state: &mut State, name: &str) {
-        state.apply(&create(name));
-        state.apply(&schedule(name, "n1"));
-        state.apply(&Command::SetSandboxStatus {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            phase: Phase::Running,
-            message: "running".into(),
-            container_id: "c".into(),
-        });
-    }
-
     #[test]
     fn a_kept_volume_is_listed_adopted_once_and_deletable() {
         let mut state = State::default();
         state.apply(&register("n1"));
-        running_on(&mut state, "a");
+        placed_running(&mut state, "a");
         assert!(state.get("a").unwrap().volume_seeded, "ran once");
         state.apply(&Command::DeleteSandbox {
             name: "a".into(),
