@@ -23,7 +23,6 @@ use berth_proto::agent_v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::commands::CommandRunner;
 use crate::driver::Driver;
@@ -163,12 +162,7 @@ impl Session {
 
     /// One session with `addr`; sets `registered` once the leader accepts.
     async fn once(&self, addr: &str, registered: &mut bool) -> Result<Outcome, SessionError> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
+        let endpoint = berth_proto::dial::endpoint(addr)
             .map_err(|source| SessionError::Address {
                 addr: addr.to_string(),
                 source,

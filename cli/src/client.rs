@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use berth_proto::v1::cluster_service_client::ClusterServiceClient;
 use berth_proto::v1::sandbox_service_client::SandboxServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::Failure;
 
@@ -35,7 +35,7 @@ impl Control {
         }
         let mut errors = Vec::new();
         for addr in &addrs {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            let endpoint = berth_proto::dial::endpoint(addr)
                 .map_err(|e| Failure::usage(format!("invalid control address {addr:?}: {e}")))?
                 .connect_timeout(Duration::from_secs(1))
                 .timeout(REQUEST_TIMEOUT);

@@ -4,6 +4,7 @@
 //! document that the control plane validates and agents apply.
 
 pub mod chaos;
+pub mod dial;
 pub mod policy;
 
 /// Public API: sandboxes and cluster membership.

@@ -8,17 +8,16 @@ pub mod server;
 use std::time::Duration;
 
 use berth_proto::raft_v1::raft_service_client::RaftServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::NodeError;
 
 /// A lazily connecting client for a peer's `host:port`. Only ever dials the
 /// addresses in the cluster membership.
 pub(crate) fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, NodeError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = berth_proto::dial::endpoint(addr)
         .map_err(|e| NodeError::InvalidArgument(format!("bad peer address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true);
+        .connect_timeout(Duration::from_millis(500));
     Ok(RaftServiceClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))
