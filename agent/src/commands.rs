@@ -175,6 +175,7 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
             Err(e) => return refused(e),
         };
     }
+    berth_proto::chaos::failpoint("agent-before-execute");
     // The audit line the chaos checker reads: the term a command acts under
     // and the highest term it was checked against (never higher).
     tracing::info!(command_id = id, term = command.term, fence = highest, %sandbox, "executing");
@@ -185,6 +186,7 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
         Some(Op::Pull(p)) => ("pull", pull(driver, &p.name, &p.uid, &p.image).await),
         None => return failed(id, "command without an operation".into()),
     };
+    berth_proto::chaos::failpoint("agent-before-reply");
     match outcome {
         Ok(mut observed) => {
             observed.seq = next_seq();

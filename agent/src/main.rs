@@ -53,6 +53,10 @@ struct Args {
     /// the listen address, which then must not be unspecified (0.0.0.0).
     #[arg(long, env = "BERTH_ADVERTISE_ADDR")]
     advertise_addr: Option<String>,
+    /// Local address connections to the control plane leave from; default:
+    /// the system's choice.
+    #[arg(long)]
+    source_ip: Option<std::net::IpAddr>,
     /// Longest an image pull may take before it fails (e.g. 10m, 90s).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pull_timeout: std::time::Duration,
@@ -67,6 +71,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The chaos suite's failpoints (FAILPOINTS; unset in production).
+    let _failpoints = berth_proto::chaos::failpoints();
     init_tracing(args.log_format);
     if let Err(e) = run(args).await {
         eprintln!("berth-agent: {e:#}");
@@ -76,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(ip) = args.source_ip {
+        berth_proto::dial::set_source_ip(ip).map_err(anyhow::Error::msg)?;
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let node_name = identity::resolve(&args.data_dir, args.node_name.as_deref())?;

@@ -44,6 +44,10 @@ struct Args {
     /// Address other nodes and clients reach this node at (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
+    /// Local address outgoing connections (to peers and agents) leave from;
+    /// default: the system's choice.
+    #[arg(long)]
+    source_ip: Option<std::net::IpAddr>,
     /// Directory for this node's RocksDB and identity.
     #[arg(long)]
     data_dir: PathBuf,
@@ -105,6 +109,8 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The chaos suite's failpoints (FAILPOINTS; unset in production).
+    let _failpoints = berth_proto::chaos::failpoints();
     init_tracing(args.log_format);
     if args.id == 0 {
         bail!("--id must be a positive integer");
@@ -114,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.listen.clone());
     bootstrap::parse_addr(&advertise).map_err(anyhow::Error::msg)?;
+    if let Some(ip) = args.source_ip {
+        berth_proto::dial::set_source_ip(ip).map_err(anyhow::Error::msg)?;
+    }
     let initial_cluster = args
         .initial_cluster
         .as_deref()

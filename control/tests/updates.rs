@@ -320,7 +320,8 @@ async fn failover_in(
     expect: OperationPhase,
     version: &str,
 ) -> anyhow::Result<()> {
-    let mut cluster = cluster_with_agent(NODE, &[("BERTH_CHAOS_CRASH_AFTER_PHASE", phase)]).await?;
+    let failpoint = format!("after-commit-{phase}=return");
+    let mut cluster = cluster_with_agent(NODE, &[("FAILPOINTS", &failpoint)]).await?;
     let (name, s) =
         running_with_data(&mut cluster, &format!("fo-{}", phase.to_lowercase())).await?;
     update(&mut cluster, update_to(&name, Some(image), None)).await?;

@@ -302,6 +302,7 @@ impl Actor for NodeActor {
                         op: Some(op),
                     })),
                 };
+                berth_proto::chaos::failpoint("leader-before-send");
                 match state.outbound.try_send(Ok(message)) {
                     Ok(()) => {
                         state.pending.insert(command_id, (reply_to, uid));

@@ -160,6 +160,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, log_key(entry.log_id.index), bytes);
         }
         // Synced before openraft learns the entries are flushed (invariant 1).
+        berth_proto::chaos::failpoint("log-before-sync");
         let result = self
             .db
             .write_opt(batch, &synced())

@@ -195,6 +195,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         let bytes = file.encode().map_err(io_write)?;
         let meta_cf = self.cf(CF_SM_META)?;
+        berth_proto::chaos::failpoint("snapshot-before-save");
         self.db
             .put_cf_opt(meta_cf, keys::SNAPSHOT, &bytes, &synced())
             .map_err(io_write)?;
@@ -248,6 +249,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         self.put_applied_meta(&mut batch, &view)?;
         // Data and last-applied id land together, synced (invariant 1).
+        berth_proto::chaos::failpoint("apply-before-sync");
         if let Err(e) = self.db.write_opt(batch, &synced()) {
             *view = Self::read_view(&self.db)?;
             return Err(io_write(e));
@@ -295,6 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.put_applied_meta(&mut batch, &view)?;
         batch.put_cf(meta_cf, keys::SNAPSHOT, &bytes);
         let mut current = self.state.write();
+        berth_proto::chaos::failpoint("snapshot-before-install");
         self.db.write_opt(batch, &synced()).map_err(io_write)?;
         *current = view;
         Ok(())
