@@ -11,10 +11,14 @@ use berth_proto::v1::{ClusterStatus, GetStatusRequest};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::fronting::{Fronting, Peer};
 use crate::process::{bin_path, free_port, NodeProcess};
 
 struct NodeSlot {
+    /// Where the process listens.
     addr: String,
+    /// Where others reach it (the front's address, or `addr`).
+    advertise: String,
     process: Option<NodeProcess>,
 }
 
@@ -28,11 +32,13 @@ pub struct TestCluster {
     nodes: BTreeMap<u64, NodeSlot>,
     /// Extra environment of single nodes (for example a chaos crash point).
     node_env: BTreeMap<u64, Vec<(String, String)>>,
-    /// Extra environment of every agent.
+    /// Extra environment of every agent, and of single agents.
     agent_env: Vec<(String, String)>,
+    agent_env_of: BTreeMap<String, Vec<(String, String)>>,
     agents: BTreeMap<String, NodeSlot>,
     /// Sandboxes whose containers and volumes are purged on drop.
     sandboxes: Vec<String>,
+    fronting: Option<Box<dyn Fronting>>,
 }
 
 impl TestCluster {
@@ -53,21 +59,25 @@ impl TestCluster {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_fronted(n, extra_args, env, None).await
+    }
+
+    /// Like [`TestCluster::start_with_env`], with `fronting` in front of
+    /// every listener (nodes and agents advertise its addresses).
+    pub async fn start_fronted(
+        n: u64,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        mut fronting: Option<Box<dyn Fronting>>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            nodes.insert(
-                id,
-                NodeSlot {
-                    addr,
-                    process: None,
-                },
-            );
+            nodes.insert(id, new_slot(fronting.as_mut(), Peer::Node(id))?);
         }
         let initial = nodes
             .iter()
-            .map(|(id, slot)| format!("{id}={}", slot.addr))
+            .map(|(id, slot)| format!("{id}={}", slot.advertise))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Self {
@@ -81,8 +91,10 @@ impl TestCluster {
             nodes,
             node_env: BTreeMap::new(),
             agent_env: Vec::new(),
+            agent_env_of: BTreeMap::new(),
             agents: BTreeMap::new(),
             sandboxes: Vec::new(),
+            fronting,
         };
         for id in 1..=n {
             cluster.spawn(id, None)?;
@@ -112,11 +124,12 @@ impl TestCluster {
             .collect()
     }
 
-    /// Comma-separated addresses of all nodes, for `--control`.
+    /// Comma-separated addresses of all nodes as they advertise them, for
+    /// `--control`.
     pub fn control_addrs(&self) -> String {
         self.nodes
             .values()
-            .map(|s| s.addr.clone())
+            .map(|s| s.advertise.clone())
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -134,9 +147,18 @@ impl TestCluster {
             id.to_string(),
             "--listen".to_string(),
             slot.addr.clone(),
+            "--advertise".to_string(),
+            slot.advertise.clone(),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
         ];
+        if let Some(ip) = self
+            .fronting
+            .as_ref()
+            .and_then(|f| f.source_ip(&Peer::Node(id)))
+        {
+            args.extend(["--source-ip".to_string(), ip.to_string()]);
+        }
         match join {
             Some(join) => args.extend(["--join".to_string(), join]),
             None => args.extend(["--initial-cluster".to_string(), self.initial.clone()]),
@@ -171,6 +193,15 @@ impl TestCluster {
             .collect();
     }
 
+    /// Extra environment for agent `name` from its next (re)start on.
+    pub fn set_agent_env_of(&mut self, name: &str, env: &[(&str, &str)]) {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.agent_env_of.insert(name.to_string(), env);
+    }
+
     /// Ids of every control node, running or not.
     pub fn node_ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
@@ -179,6 +210,14 @@ impl TestCluster {
     /// Names of every agent, running or not.
     pub fn agent_names(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()
+    }
+
+    /// Log files of every control node.
+    pub fn node_logs(&self) -> Vec<PathBuf> {
+        self.nodes
+            .keys()
+            .map(|id| self.dir.path().join(format!("node-{id}.log")))
+            .collect()
     }
 
     /// Log files of every agent.
@@ -197,14 +236,8 @@ impl TestCluster {
     /// Starts a new node `id` that joins through the existing nodes.
     pub fn start_joining(&mut self, id: u64) -> anyhow::Result<()> {
         let join = self.control_addrs();
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        self.nodes.insert(
-            id,
-            NodeSlot {
-                addr,
-                process: None,
-            },
-        );
+        let slot = new_slot(self.fronting.as_mut(), Peer::Node(id))?;
+        self.nodes.insert(id, slot);
         self.spawn(id, Some(join))
     }
 
@@ -325,11 +358,15 @@ impl TestCluster {
         driver: &str,
     ) -> anyhow::Result<()> {
         let name = slot;
-        let addr = match self.agents.get(name) {
-            Some(slot) => slot.addr.clone(),
-            None => format!("127.0.0.1:{}", free_port()?),
+        let peer = Peer::Agent(name.to_string());
+        let (addr, advertise) = match self.agents.get(name) {
+            Some(slot) => (slot.addr.clone(), slot.advertise.clone()),
+            None => {
+                let slot = new_slot(self.fronting.as_mut(), peer.clone())?;
+                (slot.addr, slot.advertise)
+            }
         };
-        let args = vec![
+        let mut args = vec![
             "--control".to_string(),
             control.to_string(),
             "--node-name".to_string(),
@@ -344,19 +381,27 @@ impl TestCluster {
             driver.to_string(),
             "--listen".to_string(),
             addr.clone(),
+            "--advertise-addr".to_string(),
+            advertise.clone(),
         ];
+        if let Some(ip) = self.fronting.as_ref().and_then(|f| f.source_ip(&peer)) {
+            args.extend(["--source-ip".to_string(), ip.to_string()]);
+        }
         let log = self.dir.path().join(format!("agent-{name}.log"));
+        let mut env = self.agent_env.clone();
+        env.extend(self.agent_env_of.get(name).cloned().unwrap_or_default());
         let process = NodeProcess::spawn_with_env(
             &format!("agent-{name}"),
             &bin_path("berth-agent"),
             &args,
-            &self.agent_env,
+            &env,
             &log,
         )?;
         self.agents.insert(
             name.to_string(),
             NodeSlot {
                 addr,
+                advertise,
                 process: Some(process),
             },
         );
@@ -409,6 +454,20 @@ impl TestCluster {
         }
         out
     }
+}
+
+/// A slot for `peer` on a free loopback port, behind `fronting` if any.
+fn new_slot(fronting: Option<&mut Box<dyn Fronting>>, peer: Peer) -> anyhow::Result<NodeSlot> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let advertise = match fronting {
+        Some(f) => f.front(&peer, &addr)?,
+        None => addr.clone(),
+    };
+    Ok(NodeSlot {
+        addr,
+        advertise,
+        process: None,
+    })
 }
 
 impl Drop for TestCluster {

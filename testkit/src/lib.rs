@@ -6,8 +6,10 @@
 
 pub mod api;
 mod cluster;
+mod fronting;
 pub mod podman;
 mod process;
 
 pub use cluster::TestCluster;
+pub use fronting::{Fronting, Peer};
 pub use process::{bin_path, free_port, NodeProcess};
