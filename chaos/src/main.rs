@@ -5,8 +5,10 @@
 //! time-bounded; exits non-zero on any violation. See `docs/chaos.md`.
 
 mod checker;
+mod clock;
 mod history;
 mod nemesis;
+mod net;
 mod profile;
 mod sampler;
 mod summary;
@@ -77,12 +79,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     });
     let profile = Profile::new(args.profile, args.minutes);
     let faults = nemesis::schedule(seed, &profile);
-    let (crash_node, crash_phase) = nemesis::crash_point(seed, profile.control_nodes);
+    let points = nemesis::failpoints(seed, profile.control_nodes, profile.agents);
     eprintln!(
-        "berth-chaos: seed {seed}, profile {:?}, {} faults over {}s; node {crash_node} crashes after committing {crash_phase} (replay: berth-chaos --profile {:?} --replay {seed})",
+        "berth-chaos: seed {seed}, profile {:?}, {} faults over {}s; node {} crashes after committing {} and at FAILPOINTS={}; agent {} at FAILPOINTS={} (replay: berth-chaos --profile {:?} --replay {seed})",
         profile.name,
         faults.len(),
         profile.duration.as_secs(),
+        points.node,
+        points.phase,
+        points.node_points,
+        points.agent + 1,
+        points.agent_points,
         profile.name
     );
     if args.dry_run {
@@ -99,21 +106,55 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(b) = &args.break_ {
         eprintln!("berth-chaos: DELIBERATELY BROKEN processes: {b}");
     }
-    let mut cluster = TestCluster::start_with_env(profile.control_nodes, &[], &broken).await?;
+    let net = net::ChaosNet::default();
+    // Frequent snapshots, so that building, sending and installing them
+    // happen under faults too.
+    let mut cluster = TestCluster::start_fronted(
+        profile.control_nodes,
+        &["--snapshot-every", "150", "--logs-to-keep", "50"],
+        &broken,
+        Some(Box::new(net.clone())),
+    )
+    .await?;
     cluster.set_agent_env(&broken);
     let control = cluster.control_addrs();
-    for i in 1..=profile.agents {
-        let name = format!("chaos-node-{i}");
-        cluster.start_agent_with(&name, &control, "container")?;
-        wait_agent_ready(&cluster, &name, Duration::from_secs(60)).await?;
+    let agent_names: Vec<String> = (1..=profile.agents)
+        .map(|i| format!("chaos-node-{i}"))
+        .collect();
+    for name in &agent_names {
+        cluster.start_agent_with(name, &control, "container")?;
+        wait_agent_ready(&cluster, name, Duration::from_secs(60)).await?;
     }
-    // The crash point: one node aborts right after committing a phase.
-    cluster.kill9(crash_node);
-    cluster.set_node_env(
-        crash_node,
-        &[("BERTH_CHAOS_CRASH_AFTER_PHASE", crash_phase)],
-    );
-    cluster.restart(crash_node)?;
+    // Every node restarts on its own wall clock (clock jumps), and one node
+    // and one agent with failpoints where they abort.
+    let clocks_dir = tempfile::tempdir()?;
+    let clocks = clock::Clocks::find(clocks_dir.path());
+    if clocks.is_none() {
+        eprintln!("berth-chaos: libfaketime is not installed: no clock jumps");
+    }
+    let crash_node = points.node;
+    let node_env = |id: u64, with_failpoints: bool| -> anyhow::Result<Vec<(String, String)>> {
+        let mut env = match &clocks {
+            Some(c) => c.env(id)?,
+            None => Vec::new(),
+        };
+        if with_failpoints && id == crash_node {
+            env.push(("FAILPOINTS".into(), points.node_points.clone()));
+        }
+        Ok(env)
+    };
+    for id in cluster.node_ids() {
+        cluster.kill9(id);
+        let env = node_env(id, true)?;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        cluster.set_node_env(id, &env);
+        cluster.restart(id)?;
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    }
+    let crash_agent = agent_names[points.agent].clone();
+    cluster.kill9_agent(&crash_agent);
+    cluster.set_agent_env_of(&crash_agent, &[("FAILPOINTS", &points.agent_points)]);
+    cluster.start_agent(&crash_agent)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
 
     let prefix = format!("chaos{}-", seed % 100_000);
@@ -140,10 +181,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         stop_rx.clone(),
     ));
 
-    let report = nemesis::run(&mut cluster, &faults, &profile, started).await;
-    // Heal: no more crash points; everything runs again.
+    let report = nemesis::run(
+        &mut cluster,
+        &net,
+        clocks.as_ref(),
+        &faults,
+        &profile,
+        started,
+    )
+    .await;
+    net.heal();
+    // Heal: no more failpoints; everything runs again.
     cluster.kill9(crash_node);
-    cluster.set_node_env(crash_node, &[]);
+    let env = node_env(crash_node, false)?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    cluster.set_node_env(crash_node, &env);
+    cluster.kill9_agent(&crash_agent);
+    cluster.set_agent_env_of(&crash_agent, &[]);
     nemesis::revive(
         &mut cluster,
         &mut nemesis::NemesisReport::default(),

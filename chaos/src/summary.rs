@@ -90,6 +90,12 @@ impl Summary {
         for (kind, n) in &self.faults_injected {
             println!("{kind:<16} {n}");
         }
+        if !self.checked.failpoints_hit.is_empty() {
+            println!("\nFAILPOINT                 ABORTS");
+            for (name, n) in &self.checked.failpoints_hit {
+                println!("{name:<25} {n}");
+            }
+        }
         println!("\nOPERATION  OUTCOMES");
         for (kind, outcomes) in &self.operations {
             let line: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o}={n}")).collect();

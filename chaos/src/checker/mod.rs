@@ -11,9 +11,11 @@
 //! - no orphan containers or volumes;
 //! - no command executed under a term older than the agent's fence (the
 //!   agents' "executing" audit lines);
-//! - never two running containers of one sandbox (the engine samples).
+//! - never two running containers of one sandbox (the engine samples);
+//! - no process panicked (the logs; failpoint aborts are not panics).
 
 pub mod linearizable;
+mod logs;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -48,6 +50,8 @@ pub struct Checked {
     pub workspaces_unverifiable: usize,
     pub audit_lines: usize,
     pub samples: u64,
+    /// How often each failpoint aborted a process (from the logs).
+    pub failpoints_hit: BTreeMap<String, u64>,
 }
 
 struct Live {
@@ -315,33 +319,6 @@ fn check_orphans(prefix: &str, live: &BTreeMap<String, Live>, out: &mut Vec<Viol
     }
 }
 
-/// Every "executing" audit line of every agent: term >= fence.
-fn check_audit(cluster: &TestCluster, checked: &mut Checked, out: &mut Vec<Violation>) {
-    let field = |line: &str, key: &str| -> Option<u64> {
-        let at = line.find(&format!(" {key}="))? + key.len() + 2;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
-    for log in cluster.agent_logs() {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        for line in text.lines().filter(|l| l.contains("executing")) {
-            let (Some(term), Some(fence)) = (field(line, "term"), field(line, "fence")) else {
-                continue;
-            };
-            checked.audit_lines += 1;
-            if term < fence {
-                out.push(violation(
-                    "stale_term_executed",
-                    format!("{}: {line}", log.display()),
-                ));
-            }
-        }
-    }
-}
-
 /// Runs every check; the final reads are appended to the history.
 pub async fn check(
     cluster: &mut TestCluster,
@@ -400,7 +377,9 @@ pub async fn check(
     let found = workspaces(cluster, &running, &mut checked).await;
     check_markers(&ops, &found, &mut checked, &mut out);
     check_orphans(prefix, &running, &mut out);
-    check_audit(cluster, &mut checked, &mut out);
+    logs::check_audit(cluster, &mut checked, &mut out);
+    logs::check_panics(cluster, &mut out);
+    checked.failpoints_hit = logs::failpoints_hit(cluster);
     for (name, (most, at)) in &samples.most_running {
         if *most > 1 {
             out.push(violation(

@@ -4,9 +4,12 @@
 //! Faults: `kill -9` of the leader (and, on one node chosen by the seed,
 //! the crash points right after an update phase is committed), of a
 //! follower, of an agent; SIGSTOP/SIGCONT of the leader (the old leader
-//! wakes up after a new one took over); and a full restart of every control
-//! node. Failover times are measured from a leader kill or pause until the
-//! surviving nodes agree on a new leader.
+//! wakes up after a new one took over); a full restart of every control
+//! node; and the network faults of [`network`] through the chaos network.
+//! Failover times are measured from a leader kill, pause or isolation until
+//! the other nodes agree on a new leader.
+
+mod network;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,6 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::clock::Clocks;
+use crate::net::ChaosNet;
 use crate::profile::Profile;
 
 /// Update phases a crash point can follow.
@@ -37,6 +42,28 @@ pub enum FaultKind {
     RestartAll,
     /// A node died at its crash point (counted when it is found dead).
     CrashPoint,
+    IsolateLeader,
+    OneWayLeader,
+    SplitNodes,
+    IsolateAgent,
+    SlowNetwork,
+    DropLinks,
+    /// One node's wall clock steps forward or back (libfaketime).
+    ClockJump,
+}
+
+impl FaultKind {
+    fn is_network(self) -> bool {
+        matches!(
+            self,
+            Self::IsolateLeader
+                | Self::OneWayLeader
+                | Self::SplitNodes
+                | Self::IsolateAgent
+                | Self::SlowNetwork
+                | Self::DropLinks
+        )
+    }
 }
 
 /// One planned fault.
@@ -60,11 +87,18 @@ pub fn schedule(seed: u64, profile: &Profile) -> Vec<Fault> {
     };
     while at < profile.duration {
         let kind = match rng.gen_range(0..100) {
-            0..=34 => FaultKind::KillLeader,
-            35..=49 => FaultKind::KillFollower,
-            50..=69 => FaultKind::PauseLeader,
-            70..=89 => FaultKind::KillAgent,
-            _ => FaultKind::RestartAll,
+            0..=19 => FaultKind::KillLeader,
+            20..=27 => FaultKind::KillFollower,
+            28..=38 => FaultKind::PauseLeader,
+            39..=48 => FaultKind::KillAgent,
+            49..=52 => FaultKind::RestartAll,
+            53..=64 => FaultKind::IsolateLeader,
+            65..=72 => FaultKind::OneWayLeader,
+            73..=80 => FaultKind::SplitNodes,
+            81..=87 => FaultKind::IsolateAgent,
+            88..=91 => FaultKind::SlowNetwork,
+            92..=95 => FaultKind::DropLinks,
+            _ => FaultKind::ClockJump,
         };
         let hold = between(&mut rng, profile.fault_hold);
         faults.push(Fault {
@@ -78,11 +112,44 @@ pub fn schedule(seed: u64, profile: &Profile) -> Vec<Fault> {
     faults
 }
 
-/// The node with a crash point, and the phase it crashes after.
-pub fn crash_point(seed: u64, nodes: u64) -> (u64, &'static str) {
+/// The failpoints of a run (`FAILPOINTS`, see `berth_proto::chaos`): one
+/// control node, chosen by the seed, aborts right after committing one
+/// update phase whenever it leads one, and now and then at its other
+/// windows (before sending a command, before syncing log entries or
+/// applied changes, before storing a snapshot); one agent aborts now and
+/// then between admitting a command and executing it, or between executing
+/// it and replying. The percentages are drawn by the processes, not the
+/// seed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failpoints {
+    pub node: u64,
+    pub phase: &'static str,
+    pub node_points: String,
+    /// Index of the agent, in start order.
+    pub agent: usize,
+    pub agent_points: String,
+}
+
+pub fn failpoints(seed: u64, nodes: u64, agents: usize) -> Failpoints {
     let mut rng = StdRng::seed_from_u64(seed.rotate_left(17));
     let node = rng.gen_range(1..=nodes);
-    (node, CRASH_PHASES[rng.gen_range(0..CRASH_PHASES.len())])
+    let phase = CRASH_PHASES[rng.gen_range(0..CRASH_PHASES.len())];
+    let agent = rng.gen_range(0..agents.max(1));
+    Failpoints {
+        node,
+        phase,
+        node_points: [
+            format!("after-commit-{phase}=return"),
+            "leader-before-send=1%return".into(),
+            "log-before-sync=0.3%return".into(),
+            "apply-before-sync=0.3%return".into(),
+            "snapshot-before-save=25%return".into(),
+            "snapshot-before-install=25%return".into(),
+        ]
+        .join(";"),
+        agent,
+        agent_points: "agent-before-execute=2%return;agent-before-reply=2%return".into(),
+    }
 }
 
 /// What the nemesis did.
@@ -150,7 +217,7 @@ pub fn revive(
                 report.count(
                     FaultKind::CrashPoint,
                     at,
-                    format!("node {id} died at its crash point"),
+                    format!("node {id} died at a failpoint"),
                 );
             }
             if let Err(e) = cluster.restart(id) {
@@ -161,6 +228,14 @@ pub fn revive(
     for name in cluster.agent_names() {
         let running = cluster.agent(&name).is_some_and(|p| p.is_running());
         if !running {
+            if count {
+                let at = started.elapsed().as_millis() as u64;
+                report.count(
+                    FaultKind::CrashPoint,
+                    at,
+                    format!("agent {name} died at a failpoint"),
+                );
+            }
             if let Err(e) = cluster.start_agent(&name) {
                 eprintln!("berth-chaos: cannot restart agent {name}: {e:#}");
             }
@@ -185,6 +260,8 @@ async fn watchful_sleep(
 /// Injects the scheduled faults until `profile.duration` has passed.
 pub async fn run(
     cluster: &mut TestCluster,
+    net: &ChaosNet,
+    clocks: Option<&Clocks>,
     faults: &[Fault],
     profile: &Profile,
     started: Instant,
@@ -257,6 +334,48 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             FaultKind::CrashPoint => {}
+            FaultKind::ClockJump => {
+                let Some(clocks) = clocks else { continue };
+                let nodes = cluster.node_ids();
+                let node = nodes[(fault.pick % nodes.len() as u64) as usize];
+                let minutes = 1 + (fault.pick >> 8) % 30;
+                let offset = if fault.pick & 0x10 == 0 { 60 } else { -60 } * minutes as i64;
+                if let Err(e) = clocks.set(node, offset) {
+                    eprintln!("berth-chaos: cannot move node {node}'s clock: {e}");
+                    continue;
+                }
+                report.count(
+                    fault.kind,
+                    now,
+                    format!("ClockJump node {node} by {offset:+} s"),
+                );
+                watchful_sleep(cluster, hold, &mut report, started).await;
+                if let Err(e) = clocks.set(node, 0) {
+                    eprintln!("berth-chaos: cannot reset node {node}'s clock: {e}");
+                }
+            }
+            kind if kind.is_network() => {
+                let roles = network::Roles {
+                    leader: leader(cluster).await,
+                    nodes: cluster.node_ids(),
+                    agents: cluster.agent_names(),
+                };
+                let Some((rules, line)) = network::rules(kind, fault.pick, &roles) else {
+                    continue;
+                };
+                net.set(rules);
+                report.count(kind, now, line);
+                let cuts_leader =
+                    matches!(kind, FaultKind::IsolateLeader | FaultKind::OneWayLeader);
+                if let (true, Some(old)) = (cuts_leader, roles.leader) {
+                    if let Some(took) = failover(cluster, old).await {
+                        report.failover_ms.push(took.as_millis() as u64);
+                    }
+                }
+                watchful_sleep(cluster, hold, &mut report, started).await;
+                net.heal();
+            }
+            _ => {}
         }
         // Heal: everything killed comes back (a crash point counts itself).
         revive(cluster, &mut report, started, false);
@@ -291,7 +410,8 @@ mod tests {
         assert!(a
             .iter()
             .all(|f| f.at_ms < profile.duration.as_millis() as u64));
-        assert_eq!(crash_point(42, 3), crash_point(42, 3));
-        assert!((1..=3).contains(&crash_point(42, 3).0));
+        assert_eq!(failpoints(42, 3, 2), failpoints(42, 3, 2));
+        assert!((1..=3).contains(&failpoints(42, 3, 2).node));
+        assert!(failpoints(42, 3, 2).agent < 2);
     }
 }
