@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs and configures what berth builds and runs with (Debian/Ubuntu):
 # protoc and libclang for the build; Podman with the runc runtime and a
-# static busybox for sandboxes and the locally built demo images. Starts the
+# static busybox for sandboxes and the locally built demo images; libfaketime
+# for the chaos suite's clock jumps. Starts the
 # Podman API service if it is not running. Idempotent. Needs root (or sudo).
 set -euo pipefail
 
-packages=(protobuf-compiler libclang-dev clang podman runc busybox-static uidmap curl)
+packages=(protobuf-compiler libclang-dev clang podman runc busybox-static uidmap curl libfaketime)
 
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"

@@ -5,12 +5,17 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
+use crate::nemesis::{FaultKind, LEADER_KILLS, MIXED};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProfileName {
     /// About five minutes; run by CI.
     Ci,
-    /// Long: many leader kills mid-update.
+    /// Long: every kind of fault, for an hour.
     Long,
+    /// Leader kills only, one every few seconds, mid-update (about 1,000
+    /// in 80 minutes).
+    Kills,
 }
 
 #[derive(Debug, Clone)]
@@ -28,6 +33,8 @@ pub struct Profile {
     pub fault_hold: (Duration, Duration),
     /// How long the cluster gets to settle after the faults heal.
     pub settle: Duration,
+    /// The faults drawn, with their weights.
+    pub mix: &'static [(FaultKind, u32)],
 }
 
 impl Profile {
@@ -44,6 +51,7 @@ impl Profile {
                 fault_gap: (secs(6), secs(14)),
                 fault_hold: (secs(2), secs(6)),
                 settle: secs(120),
+                mix: MIXED,
             },
             ProfileName::Long => Self {
                 name,
@@ -55,6 +63,19 @@ impl Profile {
                 fault_gap: (secs(3), secs(8)),
                 fault_hold: (secs(1), secs(5)),
                 settle: secs(180),
+                mix: MIXED,
+            },
+            ProfileName::Kills => Self {
+                name,
+                control_nodes: 3,
+                agents: 2,
+                clients: 6,
+                sandboxes: 4,
+                duration: minutes.map_or(secs(80 * 60), |m| secs(m * 60)),
+                fault_gap: (Duration::from_millis(500), Duration::from_millis(1500)),
+                fault_hold: (Duration::from_millis(300), Duration::from_millis(1000)),
+                settle: secs(180),
+                mix: LEADER_KILLS,
             },
         }
     }

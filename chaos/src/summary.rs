@@ -24,6 +24,8 @@ pub struct Summary {
     pub operations: BTreeMap<String, BTreeMap<String, u64>>,
     pub violations: BTreeMap<String, u64>,
     pub violation_details: Vec<Violation>,
+    pub kills_mid_operation: u64,
+    pub failovers: usize,
     pub failover_ms_p50: Option<u64>,
     pub failover_ms_p99: Option<u64>,
     pub checked: Checked,
@@ -75,6 +77,8 @@ impl Summary {
             operations,
             violations: by_kind,
             violation_details: violations.to_vec(),
+            kills_mid_operation: report.kills_mid_operation,
+            failovers: failover.len(),
             failover_ms_p50: percentile(&failover, 0.5),
             failover_ms_p99: percentile(&failover, 0.99),
             checked,
@@ -103,9 +107,11 @@ impl Summary {
         }
         let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
         println!(
-            "\nfailover p50 {}  p99 {}",
+            "\nfailover p50 {}  p99 {}  ({} failovers; {} leader kills mid-operation)",
             ms(self.failover_ms_p50),
-            ms(self.failover_ms_p99)
+            ms(self.failover_ms_p99),
+            self.failovers,
+            self.kills_mid_operation
         );
         let c = &self.checked;
         println!(

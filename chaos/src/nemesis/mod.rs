@@ -86,20 +86,7 @@ pub fn schedule(seed: u64, profile: &Profile) -> Vec<Fault> {
         Duration::from_millis(rng.gen_range(lo.as_millis() as u64..=hi.as_millis() as u64))
     };
     while at < profile.duration {
-        let kind = match rng.gen_range(0..100) {
-            0..=19 => FaultKind::KillLeader,
-            20..=27 => FaultKind::KillFollower,
-            28..=38 => FaultKind::PauseLeader,
-            39..=48 => FaultKind::KillAgent,
-            49..=52 => FaultKind::RestartAll,
-            53..=64 => FaultKind::IsolateLeader,
-            65..=72 => FaultKind::OneWayLeader,
-            73..=80 => FaultKind::SplitNodes,
-            81..=87 => FaultKind::IsolateAgent,
-            88..=91 => FaultKind::SlowNetwork,
-            92..=95 => FaultKind::DropLinks,
-            _ => FaultKind::ClockJump,
-        };
+        let kind = pick_kind(&mut rng, profile.mix);
         let hold = between(&mut rng, profile.fault_hold);
         faults.push(Fault {
             at_ms: at.as_millis() as u64,
@@ -110,6 +97,37 @@ pub fn schedule(seed: u64, profile: &Profile) -> Vec<Fault> {
         at += hold + between(&mut rng, profile.fault_gap);
     }
     faults
+}
+
+/// How often each fault is drawn, in percent.
+pub const MIXED: &[(FaultKind, u32)] = &[
+    (FaultKind::KillLeader, 20),
+    (FaultKind::KillFollower, 8),
+    (FaultKind::PauseLeader, 11),
+    (FaultKind::KillAgent, 10),
+    (FaultKind::RestartAll, 4),
+    (FaultKind::IsolateLeader, 12),
+    (FaultKind::OneWayLeader, 8),
+    (FaultKind::SplitNodes, 8),
+    (FaultKind::IsolateAgent, 7),
+    (FaultKind::SlowNetwork, 4),
+    (FaultKind::DropLinks, 4),
+    (FaultKind::ClockJump, 4),
+];
+
+/// Only leader kills.
+pub const LEADER_KILLS: &[(FaultKind, u32)] = &[(FaultKind::KillLeader, 1)];
+
+fn pick_kind(rng: &mut StdRng, mix: &[(FaultKind, u32)]) -> FaultKind {
+    let total: u32 = mix.iter().map(|(_, w)| w).sum();
+    let mut at = rng.gen_range(0..total.max(1));
+    for (kind, weight) in mix {
+        if at < *weight {
+            return *kind;
+        }
+        at -= weight;
+    }
+    FaultKind::KillLeader
 }
 
 /// The failpoints of a run (`FAILPOINTS`, see `berth_proto::chaos`): one
@@ -156,6 +174,9 @@ pub fn failpoints(seed: u64, nodes: u64, agents: usize) -> Failpoints {
 #[derive(Debug, Default, Serialize)]
 pub struct NemesisReport {
     pub injected: BTreeMap<String, u64>,
+    /// Leader kills while an update (or another operation) was in flight,
+    /// as the leader answered just before.
+    pub kills_mid_operation: u64,
     pub failover_ms: Vec<u64>,
     /// Every fault with when it was injected (ms since the start).
     pub log: Vec<(u64, String)>,
@@ -178,6 +199,20 @@ pub async fn leader(cluster: &mut TestCluster) -> Option<u64> {
         }
     }
     None
+}
+
+/// Whether an operation is in flight on some sandbox, as node `id` sees it.
+async fn operation_in_flight(cluster: &TestCluster, id: u64) -> bool {
+    let Ok(mut client) = cluster.sandboxes(id).await else {
+        return false;
+    };
+    let request = berth_proto::v1::ListSandboxesRequest { consistency: 0 };
+    client.list_sandboxes(request).await.is_ok_and(|list| {
+        list.into_inner()
+            .sandboxes
+            .iter()
+            .any(|s| s.operation.as_ref().is_some_and(|o| !o.terminal))
+    })
 }
 
 /// Waits until the nodes other than `old` agree on a leader other than it.
@@ -282,6 +317,9 @@ pub async fn run(
                     continue;
                 };
                 let pause = fault.kind == FaultKind::PauseLeader;
+                if !pause && operation_in_flight(cluster, old).await {
+                    report.kills_mid_operation += 1;
+                }
                 if pause {
                     if let Some(p) = cluster.process(old) {
                         let _ = p.pause();
