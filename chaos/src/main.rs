@@ -53,7 +53,8 @@ struct Args {
     dry_run: bool,
     /// Run deliberately broken processes (test-only faults, to show the
     /// checker catches them): second-container, skip-fencing (agents),
-    /// forget-early, stale-stamp (control nodes). Comma separated.
+    /// forget-early, stale-stamp, apply-twice (control nodes). Comma
+    /// separated.
     #[arg(long = "break", value_name = "FAULT")]
     break_: Option<String>,
 }

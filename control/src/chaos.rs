@@ -10,7 +10,10 @@
 ///   reports nothing of it, without waiting for the node to answer a Remove
 ///   (the bug the chaos suite found: volumes outlive their sandboxes);
 /// - `stale-stamp`: commands to agents carry the term before this leader's
-///   (a deposed leader's commands; agents must refuse them).
+///   (a deposed leader's commands; agents must refuse them);
+/// - `apply-twice`: the state machine forgets request ids, so a client's
+///   retry of a write whose answer was lost is applied again (in
+///   `berth_raft`'s `State::apply_proposal`).
 pub use berth_proto::chaos::broken;
 
 /// Called after an operation's phase change to `phase` was committed.

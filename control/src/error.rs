@@ -36,7 +36,11 @@ impl From<ApiError> for Status {
                     tonic::Code::NotFound
                     | tonic::Code::FailedPrecondition
                     | tonic::Code::InvalidArgument
-                    | tonic::Code::Unavailable => Status::new(status.code(), message),
+                    | tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded => Status::new(status.code(), message),
+                    // The connection to the agent broke mid-call (the agent
+                    // died or the network cut it): worth a retry.
+                    tonic::Code::Unknown | tonic::Code::Cancelled => Status::unavailable(message),
                     _ => Status::internal(message),
                 }
             }
@@ -55,5 +59,38 @@ impl From<ApiError> for Status {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(agent: Status) -> tonic::Code {
+        Status::from(ApiError::Agent(agent)).code()
+    }
+
+    #[test]
+    fn an_agent_call_cut_mid_way_is_worth_a_retry_and_a_real_failure_is_not() {
+        assert_eq!(
+            code_of(Status::unknown("transport error")),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            code_of(Status::cancelled("stream reset")),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            code_of(Status::not_found("no such sandbox")),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code_of(Status::deadline_exceeded("slow")),
+            tonic::Code::DeadlineExceeded
+        );
+        assert_eq!(
+            code_of(Status::internal("engine failed")),
+            tonic::Code::Internal
+        );
     }
 }
