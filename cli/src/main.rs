@@ -4,6 +4,7 @@
 //! Every failure prints one `error: ...` line and exits non-zero: 2 for bad
 //! input, 3 not found, 4 already exists, 5 unavailable, 1 otherwise.
 
+mod certs;
 mod client;
 mod local;
 mod operations;
@@ -59,6 +60,9 @@ enum Command {
     /// Workspace volumes kept from deleted sandboxes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// A cluster CA and the certificates it issues.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Start a local cluster in the background.
     Up {
         /// Number of control nodes.
@@ -171,6 +175,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let control = Control::connect(&cli.control).await?;
             sandbox::run(control, cli.output, command).await
         }
+        Command::Certs(command) => certs::run(cli.output, command),
         Command::Volume(command) => {
             let control = Control::connect(&cli.control).await?;
             volume::run(control, cli.output, command).await

@@ -1,0 +1,179 @@
+//! The TLS settings of a component, from its certificate, its key and the
+//! cluster's CA: a server that requires a client certificate from the CA,
+//! a client that checks the peer's identity name (not only the CA), and
+//! the identities a request's peer certificate carries, for the
+//! per-service checks (a Raft peer must be a server, an agent session the
+//! agent of the node it registers as).
+
+use std::path::Path;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+
+use crate::{io, Identity, TlsError};
+
+/// A component's certificate, key and CA, as PEM.
+#[derive(Clone)]
+pub struct Material {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Material").finish_non_exhaustive()
+    }
+}
+
+impl Material {
+    /// Reads the CA certificate, this component's certificate and its key.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let read = |p: &Path| std::fs::read(p).map_err(io(p));
+        Ok(Self {
+            ca: read(ca)?,
+            cert: read(cert)?,
+            key: read(key)?,
+        })
+    }
+
+    /// Serving: present this certificate; require one from the CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(TlsIdentity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+
+    /// Dialing `peer`: present this certificate; accept only a certificate
+    /// from the CA that names `peer`, whatever address was dialed.
+    pub fn client(&self, peer: &Identity) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(TlsIdentity::from_pem(&self.cert, &self.key))
+            .domain_name(peer.dns_name())
+    }
+}
+
+/// The berth identities of the certificate the peer of `request`
+/// presented (none without TLS or without a certificate).
+pub fn peer_identities<T>(request: &tonic::Request<T>) -> Vec<Identity> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|c| Identity::of_certificate(c.as_ref())))
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::transport::{Channel, Endpoint, Server};
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    use super::*;
+    use crate::{CertDir, Kind};
+
+    struct Pki {
+        _dir: tempfile::TempDir,
+        ca: CertDir,
+    }
+
+    fn pki(cluster: &str) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertDir::init(dir.path(), cluster).unwrap();
+        Pki { _dir: dir, ca }
+    }
+
+    fn material(pki: &Pki, kind: Kind, name: &str) -> Material {
+        let issued = pki
+            .ca
+            .issue(kind, name, &["127.0.0.1".to_string()], 1)
+            .unwrap();
+        Material::load(&pki.ca.ca_cert(), &issued.cert, &issued.key).unwrap()
+    }
+
+    /// A health service over TLS that admits only server identities of
+    /// cluster `prod` (as the Raft port does); returns its address.
+    async fn serve(material: &Material) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (_, health) = tonic_health::server::health_reporter();
+        let only_servers = |req: tonic::Request<()>| {
+            let ok = peer_identities(&req).contains(&Identity::Server {
+                cluster: "prod".into(),
+            });
+            if ok {
+                Ok(req)
+            } else {
+                Err(tonic::Status::permission_denied(
+                    "a server identity is required",
+                ))
+            }
+        };
+        let router = Server::builder()
+            .tls_config(material.server())
+            .unwrap()
+            .layer(tonic::service::InterceptorLayer::new(only_servers))
+            .add_service(health);
+        tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+        addr
+    }
+
+    async fn call(addr: &str, tls: ClientTlsConfig) -> Result<(), String> {
+        let channel: Channel = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    }
+
+    #[tokio::test]
+    async fn peers_are_checked_by_ca_and_by_name() {
+        let prod = pki("prod");
+        let server = material(&prod, Kind::Server, "node-1");
+        let addr = serve(&server).await;
+        let server_id = Identity::Server {
+            cluster: "prod".into(),
+        };
+
+        // Another server of the cluster: admitted.
+        let peer = material(&prod, Kind::Server, "node-2");
+        call(&addr, peer.client(&server_id)).await.unwrap();
+
+        // An agent of the same CA: the handshake passes, the name does not.
+        let agent = material(&prod, Kind::Agent, "worker-1");
+        let err = call(&addr, agent.client(&server_id)).await.unwrap_err();
+        assert!(err.starts_with("PermissionDenied"), "{err}");
+
+        // A server certificate from another CA: refused at the handshake.
+        let other = pki("prod");
+        let stranger = material(&other, Kind::Server, "node-9");
+        assert!(call(&addr, stranger.client(&server_id)).await.is_err());
+
+        // A client expecting an agent refuses the server it reached.
+        let agent_id = Identity::Agent {
+            node: "worker-1".into(),
+        };
+        assert!(call(&addr, peer.client(&agent_id)).await.is_err());
+
+        // No client certificate at all: refused.
+        let anonymous = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(prod.ca.ca_cert()).unwrap(),
+            ))
+            .domain_name(server_id.dns_name());
+        assert!(call(&addr, anonymous).await.is_err());
+    }
+}
