@@ -15,6 +15,12 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// No credential, or one that proves nothing.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A credential that does not allow this call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The replicated operation failed.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -30,6 +36,8 @@ impl From<ApiError> for Status {
             ApiError::NotFound(msg) => Status::not_found(msg),
             ApiError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             ApiError::Unavailable(msg) => Status::unavailable(msg),
+            ApiError::Unauthenticated(msg) => Status::unauthenticated(msg),
+            ApiError::PermissionDenied(msg) => Status::permission_denied(msg),
             ApiError::Agent(status) => {
                 let message = format!("node agent: {}", status.message());
                 match status.code() {

@@ -11,6 +11,7 @@ mod chaos;
 mod clock;
 mod error;
 mod leader;
+mod peer_auth;
 mod server;
 mod validate;
 
@@ -48,6 +49,17 @@ struct Args {
     /// default: the system's choice.
     #[arg(long)]
     source_ip: Option<std::net::IpAddr>,
+    /// The cluster CA's certificate (PEM): with --tls-cert and --tls-key,
+    /// this node serves TLS only, and talks to other nodes over mutual TLS,
+    /// accepting only certificates that name this cluster's servers.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This node's server certificate (`berth certs issue server`).
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert.
+    #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
     /// Directory for this node's RocksDB and identity.
     #[arg(long)]
     data_dir: PathBuf,
@@ -122,6 +134,16 @@ async fn main() -> anyhow::Result<()> {
     bootstrap::parse_addr(&advertise).map_err(anyhow::Error::msg)?;
     if let Some(ip) = args.source_ip {
         berth_proto::dial::set_source_ip(ip).map_err(anyhow::Error::msg)?;
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        let material = berth_tls::Material::load(ca, cert, key)?;
+        let own = berth_proto::dial::set_tls(material).map_err(anyhow::Error::msg)?;
+        if !matches!(own, berth_tls::Identity::Server { .. }) {
+            bail!(
+                "--tls-cert names {own}, not a server: issue one with `berth certs issue server`"
+            );
+        }
+        tracing::info!(identity = %own, "TLS on: peers must present {own}");
     }
     let initial_cluster = args
         .initial_cluster

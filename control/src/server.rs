@@ -1,5 +1,8 @@
 //! Serves every gRPC service of a control node on one address: the public
 //! `berth.v1` API, the internal Raft transport, health and reflection.
+//! With TLS material, the port speaks TLS only; a client certificate is
+//! optional at the handshake (API clients may use a token) and required,
+//! naming this cluster's servers, by the Raft transport (`peer_auth`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use berth_raft::network::server::RaftServer;
 use berth_raft::RaftNode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::api::{AgentSessions, ClusterApi, SandboxApi};
 use crate::leader::Leadership;
@@ -27,6 +31,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     keep_revisions: u32,
 ) -> anyhow::Result<()> {
+    let tls = berth_proto::dial::tls();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((material, _)) = tls {
+        builder = builder
+            .tls_config(material.server_optional_client())
+            .context("TLS settings")?;
+    }
+    let raft = RaftServiceServer::new(RaftServer::new(node.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let raft = InterceptedService::new(
+        raft,
+        crate::peer_auth::raft_peers(tls.map(|(_, own)| own.clone())),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<SandboxServiceServer<SandboxApi>>()
@@ -40,7 +58,7 @@ pub async fn serve(
         .build_v1()
         .context("build reflection service")?;
 
-    tonic::transport::Server::builder()
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(SandboxServiceServer::new(SandboxApi::new(
@@ -55,11 +73,7 @@ pub async fn serve(
             node.clone(),
             leadership,
         )))
-        .add_service(
-            RaftServiceServer::new(RaftServer::new(node))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
+        .add_service(raft)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .context("gRPC server failed")

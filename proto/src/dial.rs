@@ -4,14 +4,47 @@
 //! from [`endpoint`]. It sets TCP_NODELAY and, when the operator chose one
 //! with `--source-ip`, the local address connections leave from, so that a
 //! multi-homed host (or the chaos suite's partitioning proxy) sees which
-//! component a connection comes from.
+//! component a connection comes from. With TLS material set ([`set_tls`]),
+//! connections to other control nodes ([`peer_endpoint`]) are mutual TLS
+//! and accept only a certificate naming this cluster's server identity.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
+use berth_tls::{Identity, Material};
 use tonic::transport::Endpoint;
 
 static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
+static TLS: OnceLock<(Material, Identity)> = OnceLock::new();
+
+/// Sets this process's certificate, key and CA for every later connection
+/// to another control node (start-up only). Returns this process's own
+/// identity, read from its certificate.
+pub fn set_tls(material: Material) -> Result<Identity, String> {
+    let own = material.identity().map_err(|e| e.to_string())?;
+    let set = TLS.get_or_init(|| (material, own.clone()));
+    if set.1 == own {
+        Ok(own)
+    } else {
+        Err(format!("TLS is already set up as {}", set.1))
+    }
+}
+
+/// This process's TLS material and identity, if TLS is on.
+pub fn tls() -> Option<&'static (Material, Identity)> {
+    TLS.get()
+}
+
+/// An endpoint for another control node at `addr`: mutual TLS expecting
+/// this cluster's server identity when TLS is on, plain otherwise.
+pub fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    match tls() {
+        Some((material, own @ Identity::Server { .. })) => {
+            endpoint(&format!("https://{addr}"))?.tls_config(material.client(own))
+        }
+        _ => endpoint(addr),
+    }
+}
 
 /// Sets the local address of every later outgoing connection (start-up
 /// only; a second call with another address is refused).

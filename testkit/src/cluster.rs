@@ -9,7 +9,7 @@ use berth_proto::v1::cluster_service_client::ClusterServiceClient;
 use berth_proto::v1::sandbox_service_client::SandboxServiceClient;
 use berth_proto::v1::{ClusterStatus, GetStatusRequest};
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::fronting::{Fronting, Peer};
 use crate::process::{bin_path, free_port, NodeProcess};
@@ -39,6 +39,8 @@ pub struct TestCluster {
     /// Sandboxes whose containers and volumes are purged on drop.
     sandboxes: Vec<String>,
     fronting: Option<Box<dyn Fronting>>,
+    /// How the harness's own clients speak TLS to TLS-only nodes.
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl TestCluster {
@@ -68,7 +70,28 @@ impl TestCluster {
         n: u64,
         extra_args: &[&str],
         env: &[(&str, &str)],
+        fronting: Option<Box<dyn Fronting>>,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(n, extra_args, env, fronting, None).await
+    }
+
+    /// Like [`TestCluster::start_with`] for nodes that serve TLS only
+    /// (`extra_args` carries their `--tls-*` flags); the harness's own
+    /// clients use `client_tls`.
+    pub async fn start_tls(
+        n: u64,
+        extra_args: &[&str],
+        client_tls: ClientTlsConfig,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(n, extra_args, &[], None, Some(client_tls)).await
+    }
+
+    async fn start_inner(
+        n: u64,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
         mut fronting: Option<Box<dyn Fronting>>,
+        client_tls: Option<ClientTlsConfig>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
@@ -95,6 +118,7 @@ impl TestCluster {
             agents: BTreeMap::new(),
             sandboxes: Vec::new(),
             fronting,
+            client_tls,
         };
         for id in 1..=n {
             cluster.spawn(id, None)?;
@@ -249,7 +273,12 @@ impl TestCluster {
     }
 
     pub async fn channel(&self, id: u64) -> anyhow::Result<Channel> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr(id)))?
+        let endpoint = match &self.client_tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{}", self.addr(id)))?
+                .tls_config(tls.clone())?,
+            None => Endpoint::from_shared(format!("http://{}", self.addr(id)))?,
+        };
+        let endpoint = endpoint
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30));
         Ok(endpoint.connect().await?)

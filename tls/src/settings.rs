@@ -44,6 +44,25 @@ impl Material {
             .client_ca_root(Certificate::from_pem(&self.ca))
     }
 
+    /// Serving a port that API clients without a certificate may use too
+    /// (they present a token instead): a certificate, when presented, must
+    /// come from the CA; what a service admits is checked per service from
+    /// [`peer_identities`].
+    pub fn server_optional_client(&self) -> ServerTlsConfig {
+        self.server().client_auth_optional(true)
+    }
+
+    /// The identity this material's own certificate speaks for.
+    pub fn identity(&self) -> Result<Identity, TlsError> {
+        let der = first_pem_block(&self.cert).ok_or_else(|| {
+            TlsError::Invalid("the certificate file holds no PEM certificate".into())
+        })?;
+        Identity::of_certificate(&der)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TlsError::Invalid("the certificate names no berth identity".into()))
+    }
+
     /// Dialing `peer`: present this certificate; accept only a certificate
     /// from the CA that names `peer`, whatever address was dialed.
     pub fn client(&self, peer: &Identity) -> ClientTlsConfig {
@@ -52,6 +71,12 @@ impl Material {
             .identity(TlsIdentity::from_pem(&self.cert, &self.key))
             .domain_name(peer.dns_name())
     }
+}
+
+/// The DER bytes of the first PEM block of `pem`.
+fn first_pem_block(pem: &[u8]) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    Some(parsed.contents)
 }
 
 /// The berth identities of the certificate the peer of `request`
@@ -148,6 +173,7 @@ mod tests {
             cluster: "prod".into(),
         };
 
+        assert_eq!(server.identity().unwrap(), server_id);
         // Another server of the cluster: admitted.
         let peer = material(&prod, Kind::Server, "node-2");
         call(&addr, peer.client(&server_id)).await.unwrap();

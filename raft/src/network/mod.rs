@@ -12,10 +12,11 @@ use tonic::transport::Channel;
 
 use crate::NodeError;
 
-/// A lazily connecting client for a peer's `host:port`. Only ever dials the
-/// addresses in the cluster membership.
+/// A lazily connecting client for a peer's `host:port` (mutual TLS when
+/// this node has TLS material). Only ever dials the addresses in the
+/// cluster membership.
 pub(crate) fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, NodeError> {
-    let endpoint = berth_proto::dial::endpoint(addr)
+    let endpoint = berth_proto::dial::peer_endpoint(addr)
         .map_err(|e| NodeError::InvalidArgument(format!("bad peer address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_millis(500));
     Ok(RaftServiceClient::new(endpoint.connect_lazy())
