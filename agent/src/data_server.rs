@@ -15,6 +15,7 @@ use berth_proto::agent_v1::{
 use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::driver::Driver;
@@ -63,16 +64,29 @@ impl AgentData for DataService {
 }
 
 /// Serve AgentData (plus gRPC health) on `listener` until `shutdown`.
+/// With `tls` (the server settings and the control plane's identity), the
+/// data plane serves TLS only and admits only control nodes.
 pub async fn serve(
     listener: TcpListener,
     driver: Arc<dyn Driver>,
+    tls: Option<(tonic::transport::ServerTlsConfig, berth_tls::Identity)>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentDataServer<DataService>>().await;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    let mut allowed = None;
+    if let Some((settings, control)) = tls {
+        builder = builder.tls_config(settings)?;
+        allowed = Some(control);
+    }
+    let data = InterceptedService::new(
+        AgentDataServer::new(DataService::new(driver)),
+        berth_tls::only(allowed, "the agent's data plane"),
+    );
+    builder
         .add_service(health_service)
-        .add_service(AgentDataServer::new(DataService::new(driver)))
+        .add_service(data)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -57,6 +57,23 @@ struct Args {
     /// the system's choice.
     #[arg(long)]
     source_ip: Option<std::net::IpAddr>,
+    /// The cluster CA's certificate (PEM): with --tls-cert and --tls-key,
+    /// the control session is mutual TLS (control nodes must present
+    /// `server.<cluster>.berth`) and the data plane serves TLS only, to
+    /// control nodes alone.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This agent's certificate (`berth certs issue agent NODE`); it must
+    /// name this agent's node.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert.
+    #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// The cluster's name (`berth certs init --cluster`), which control
+    /// nodes' certificates name.
+    #[arg(long, default_value = "berth")]
+    tls_cluster: String,
     /// Longest an image pull may take before it fails (e.g. 10m, 90s).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pull_timeout: std::time::Duration,
@@ -88,6 +105,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let node_name = identity::resolve(&args.data_dir, args.node_name.as_deref())?;
+    let control_identity = berth_tls::Identity::Server {
+        cluster: args.tls_cluster.clone(),
+    };
+    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let material = berth_tls::Material::load(ca, cert, key)?;
+            let own = berth_proto::dial::set_tls(material.clone()).map_err(anyhow::Error::msg)?;
+            let wanted = berth_tls::Identity::Agent {
+                node: node_name.clone(),
+            };
+            if own != wanted {
+                anyhow::bail!(
+                    "--tls-cert names {own}, but this agent is node {node_name:?} ({wanted}): issue one with `berth certs issue agent {node_name}`"
+                );
+            }
+            tracing::info!(identity = %own, "TLS on: control nodes must present {control_identity}");
+            Some((material.server(), control_identity.clone()))
+        }
+        _ => None,
+    };
     let instance_id = identity::instance_id(&args.data_dir)?;
     let fence = Arc::new(Fence::load(&args.data_dir)?);
     let driver: Arc<dyn Driver> = match args.driver {
@@ -106,9 +143,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_rx2 = stop_rx.clone();
-    let server = tokio::spawn(data_server::serve(listener, driver.clone(), async move {
-        let _ = stop_rx2.wait_for(|s| *s).await;
-    }));
+    let server = tokio::spawn(data_server::serve(
+        listener,
+        driver.clone(),
+        tls,
+        async move {
+            let _ = stop_rx2.wait_for(|s| *s).await;
+        },
+    ));
     let cfg = SessionConfig {
         control: args.control,
         node_name,
@@ -116,6 +158,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_addr,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         memory_bytes: memory_bytes(),
+        control_identity,
     };
     let session = Session::new(cfg, driver, fence);
 

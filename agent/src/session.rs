@@ -47,6 +47,9 @@ pub struct SessionConfig {
     pub data_addr: String,
     pub cpus: u32,
     pub memory_bytes: u64,
+    /// Who the control nodes must be: with TLS on, only a certificate
+    /// naming this identity is accepted (`server.<cluster>.berth`).
+    pub control_identity: berth_tls::Identity,
 }
 
 /// Why one session ended.
@@ -162,7 +165,7 @@ impl Session {
 
     /// One session with `addr`; sets `registered` once the leader accepts.
     async fn once(&self, addr: &str, registered: &mut bool) -> Result<Outcome, SessionError> {
-        let endpoint = berth_proto::dial::endpoint(addr)
+        let endpoint = berth_proto::dial::endpoint_for(addr, &self.cfg.control_identity)
             .map_err(|source| SessionError::Address {
                 addr: addr.to_string(),
                 source,

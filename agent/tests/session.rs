@@ -128,6 +128,9 @@ async fn scenario() {
         data_addr: "127.0.0.1:7101".into(),
         cpus: 2,
         memory_bytes: 1 << 30,
+        control_identity: berth_tls::Identity::Server {
+            cluster: "berth".into(),
+        },
     };
     let session = Arc::new(Session::new(cfg, driver.clone(), fence.clone()));
     let running = tokio::spawn({

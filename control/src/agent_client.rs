@@ -8,9 +8,14 @@ use tonic::transport::Channel;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to the agent at `addr` (host:port); the error is one line.
-pub async fn connect(addr: &str) -> Result<AgentDataClient<Channel>, String> {
-    let endpoint = berth_proto::dial::endpoint(addr)
+/// Connects to the agent of node `node` at `addr` (host:port); with TLS
+/// on, only a certificate naming that node's agent is accepted. The error
+/// is one line.
+pub async fn connect(node: &str, addr: &str) -> Result<AgentDataClient<Channel>, String> {
+    let peer = berth_tls::Identity::Agent {
+        node: node.to_string(),
+    };
+    let endpoint = berth_proto::dial::endpoint_for(addr, &peer)
         .map_err(|e| format!("bad agent address {addr}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT);
     let channel = endpoint

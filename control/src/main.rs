@@ -11,7 +11,6 @@ mod chaos;
 mod clock;
 mod error;
 mod leader;
-mod peer_auth;
 mod server;
 mod validate;
 

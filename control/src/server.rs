@@ -2,7 +2,8 @@
 //! `berth.v1` API, the internal Raft transport, health and reflection.
 //! With TLS material, the port speaks TLS only; a client certificate is
 //! optional at the handshake (API clients may use a token) and required,
-//! naming this cluster's servers, by the Raft transport (`peer_auth`).
+//! naming this cluster's servers, by the Raft transport: an agent's or a
+//! client's certificate from the same CA may not speak Raft.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE);
     let raft = InterceptedService::new(
         raft,
-        crate::peer_auth::raft_peers(tls.map(|(_, own)| own.clone())),
+        berth_tls::only(tls.map(|(_, own)| own.clone()), "the Raft transport"),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health

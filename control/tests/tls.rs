@@ -158,3 +158,142 @@ async fn control_nodes_replicate_over_mutual_tls_and_refuse_other_identities() -
     cluster.wait_for_leader(Duration::from_secs(10)).await?;
     Ok(())
 }
+
+/// The `--tls-*` flags of a component.
+fn tls_args(ca: &CertDir, issued: &berth_tls::Issued) -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        ca.ca_cert().display().to_string(),
+        "--tls-cert".into(),
+        issued.cert.display().to_string(),
+        "--tls-key".into(),
+        issued.key.display().to_string(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_speak_mutual_tls_as_their_own_node_only() -> anyhow::Result<()> {
+    use berth_proto::agent_v1::agent_control_client::AgentControlClient;
+    use berth_proto::agent_v1::agent_data_client::AgentDataClient;
+    use berth_proto::agent_v1::{agent_message, AgentMessage, Register, VolumeSizeRequest};
+    use berth_testkit::api;
+
+    let pki = tempfile::tempdir()?;
+    let ca = CertDir::init(pki.path(), "prod")?;
+    let nodes = ca.issue(Kind::Server, "nodes", &["127.0.0.1".into()], 1)?;
+    let node_args = tls_args(&ca, &nodes);
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let server_id = Identity::Server {
+        cluster: "prod".into(),
+    };
+    let tests = material(&ca, Kind::Client, "tests");
+    let mut cluster = TestCluster::start_tls(3, &node_args, tests.client(&server_id)).await?;
+
+    // An agent with its own node's certificate: Ready, runs a sandbox, and
+    // the leader reaches its data plane over mTLS (exec).
+    let agent = ca.issue(Kind::Agent, "worker-1", &["127.0.0.1".into()], 1)?;
+    let mut agent_args = tls_args(&ca, &agent);
+    agent_args.extend(["--tls-cluster".into(), "prod".into()]);
+    let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    cluster.set_agent_args(&agent_args);
+    let control = cluster.control_addrs();
+    cluster.start_agent_with("worker-1", &control, "memory")?;
+    api::wait_agent_ready(&cluster, "worker-1", Duration::from_secs(30)).await?;
+    api::create(&mut cluster, "tls-box", "berth-test:v1").await?;
+    api::wait_until(&mut cluster, "tls-box", Duration::from_secs(30), |s| {
+        s.phase == berth_proto::v1::Phase::Running as i32
+    })
+    .await?;
+    let (code, out) = api::exec(&mut cluster, "tls-box", &["echo", "over-mtls"]).await?;
+    assert_eq!((code, out.trim()), (0, "echo over-mtls"));
+
+    // An agent whose certificate names another node refuses to start.
+    let stray = ca.issue(Kind::Agent, "worker-9", &[], 1)?;
+    let mut stray_args = tls_args(&ca, &stray);
+    stray_args.extend(["--tls-cluster".into(), "prod".into()]);
+    let stray_args: Vec<&str> = stray_args.iter().map(String::as_str).collect();
+    cluster.set_agent_args(&stray_args);
+    cluster.start_agent_with("worker-2", &control, "memory")?;
+    let started = Instant::now();
+    while cluster.agent("worker-2").is_some_and(|p| p.is_running()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stray agent kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The leader refuses a session whose certificate names another node,
+    // or a server.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let leader_addr = cluster.addr(leader).to_string();
+    for (cert, as_node) in [
+        (material(&ca, Kind::Agent, "worker-1"), "worker-3"),
+        (material(&ca, Kind::Server, "nodes-2"), "worker-3"),
+    ] {
+        let channel = Endpoint::from_shared(format!("https://{leader_addr}"))?
+            .tls_config(cert.client(&server_id))?
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let register = AgentMessage {
+            msg: Some(agent_message::Msg::Register(Register {
+                node_name: as_node.into(),
+                ..Default::default()
+            })),
+        };
+        let outbound = tokio_stream::iter(vec![register]);
+        let err = AgentControlClient::new(channel)
+            .session(outbound)
+            .await
+            .expect_err("the session must be refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    }
+
+    // The agent's data plane admits control nodes only.
+    let data_addr = {
+        let mut client = cluster.cluster_client(leader).await?;
+        let agents = client
+            .list_agents(berth_proto::v1::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        agents
+            .into_iter()
+            .find(|a| a.name == "worker-1")
+            .map(|a| a.data_addr)
+            .expect("worker-1 is listed")
+    };
+    let agent_id = Identity::Agent {
+        node: "worker-1".into(),
+    };
+    for (kind, name, want) in [
+        (Kind::Client, "ops", tonic::Code::PermissionDenied),
+        (Kind::Server, "nodes-3", tonic::Code::Ok),
+    ] {
+        let caller = material(&ca, kind, name);
+        let channel = Endpoint::from_shared(format!("https://{data_addr}"))?
+            .tls_config(caller.client(&agent_id))?
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let got = AgentDataClient::new(channel)
+            .volume_size(VolumeSizeRequest {
+                volume: "berth-nothing".into(),
+            })
+            .await;
+        let code = got.map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        if want == tonic::Code::Ok {
+            assert!(
+                !matches!(
+                    code,
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ),
+                "{kind:?}: {code:?}"
+            );
+        } else {
+            assert_eq!(code, want, "{kind:?}");
+        }
+    }
+    Ok(())
+}

@@ -39,10 +39,21 @@ pub fn tls() -> Option<&'static (Material, Identity)> {
 /// this cluster's server identity when TLS is on, plain otherwise.
 pub fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     match tls() {
-        Some((material, own @ Identity::Server { .. })) => {
-            endpoint(&format!("https://{addr}"))?.tls_config(material.client(own))
-        }
+        Some((_, own @ Identity::Server { .. })) => endpoint_for(addr, own),
         _ => endpoint(addr),
+    }
+}
+
+/// An endpoint for the component `peer` at `addr` (`host:port`): mutual
+/// TLS accepting only a certificate that names `peer` when TLS is on,
+/// plain otherwise.
+pub fn endpoint_for(addr: &str, peer: &Identity) -> Result<Endpoint, tonic::transport::Error> {
+    match tls() {
+        Some((material, _)) => {
+            let host = addr.rsplit_once("://").map_or(addr, |(_, rest)| rest);
+            endpoint(&format!("https://{host}"))?.tls_config(material.client(peer))
+        }
+        None => endpoint(addr),
     }
 }
 

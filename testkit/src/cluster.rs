@@ -35,6 +35,8 @@ pub struct TestCluster {
     /// Extra environment of every agent, and of single agents.
     agent_env: Vec<(String, String)>,
     agent_env_of: BTreeMap<String, Vec<(String, String)>>,
+    /// Extra arguments of every agent (for example its `--tls-*` flags).
+    agent_args: Vec<String>,
     agents: BTreeMap<String, NodeSlot>,
     /// Sandboxes whose containers and volumes are purged on drop.
     sandboxes: Vec<String>,
@@ -115,6 +117,7 @@ impl TestCluster {
             node_env: BTreeMap::new(),
             agent_env: Vec::new(),
             agent_env_of: BTreeMap::new(),
+            agent_args: Vec::new(),
             agents: BTreeMap::new(),
             sandboxes: Vec::new(),
             fronting,
@@ -215,6 +218,11 @@ impl TestCluster {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+    }
+
+    /// Extra arguments for every agent started from now on.
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.agent_args = args.iter().map(|s| s.to_string()).collect();
     }
 
     /// Extra environment for agent `name` from its next (re)start on.
@@ -416,6 +424,7 @@ impl TestCluster {
         if let Some(ip) = self.fronting.as_ref().and_then(|f| f.source_ip(&peer)) {
             args.extend(["--source-ip".to_string(), ip.to_string()]);
         }
+        args.extend(self.agent_args.iter().cloned());
         let log = self.dir.path().join(format!("agent-{name}.log"));
         let mut env = self.agent_env.clone();
         env.extend(self.agent_env_of.get(name).cloned().unwrap_or_default());

@@ -12,7 +12,7 @@ mod settings;
 
 pub use certdir::{CertDir, Issued, Kind};
 pub use identity::Identity;
-pub use settings::{peer_identities, Material};
+pub use settings::{only, peer_identities, Material};
 
 /// What can go wrong with certificates.
 #[derive(Debug, thiserror::Error)]

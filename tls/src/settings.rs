@@ -73,6 +73,33 @@ impl Material {
     }
 }
 
+/// An interceptor that admits only callers whose certificate names
+/// `allowed` (when TLS is on, that is when `allowed` is Some): no
+/// certificate is Unauthenticated, another identity PermissionDenied.
+/// `service` names what is guarded, for the error.
+pub fn only(
+    allowed: Option<Identity>,
+    service: &'static str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request: tonic::Request<()>| {
+        let Some(allowed) = &allowed else {
+            return Ok(request);
+        };
+        let presented = peer_identities(&request);
+        if presented.contains(allowed) {
+            return Ok(request);
+        }
+        Err(match presented.first() {
+            None => tonic::Status::unauthenticated(format!(
+                "{service} needs a certificate naming {allowed}"
+            )),
+            Some(other) => tonic::Status::permission_denied(format!(
+                "{other} may not use {service}; only {allowed} may"
+            )),
+        })
+    }
+}
+
 /// The DER bytes of the first PEM block of `pem`.
 fn first_pem_block(pem: &[u8]) -> Option<Vec<u8>> {
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem).ok()?;
@@ -126,18 +153,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (_, health) = tonic_health::server::health_reporter();
-        let only_servers = |req: tonic::Request<()>| {
-            let ok = peer_identities(&req).contains(&Identity::Server {
+        let only_servers = only(
+            Some(Identity::Server {
                 cluster: "prod".into(),
-            });
-            if ok {
-                Ok(req)
-            } else {
-                Err(tonic::Status::permission_denied(
-                    "a server identity is required",
-                ))
-            }
-        };
+            }),
+            "this test service",
+        );
         let router = Server::builder()
             .tls_config(material.server())
             .unwrap()

@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use berth_tls::Identity;
+
+use crate::error::ApiError;
 use crate::leader::supervisor::{AgentSession, SupervisorMsg};
 use crate::leader::Leadership;
 use crate::validate::validate_name;
@@ -49,6 +52,30 @@ impl AgentSessions {
 
 type SessionStream = ReceiverStream<Result<ControlMessage, Status>>;
 
+/// With TLS on, an agent registers only as the node its certificate names
+/// (`agent.<node>.berth`): a certificate cannot speak for another node, and
+/// a server's or a client's certificate for none.
+fn may_register(presented: &[Identity], node_name: &str) -> Result<(), Status> {
+    if berth_proto::dial::tls().is_none() {
+        return Ok(());
+    }
+    let wanted = Identity::Agent {
+        node: node_name.to_string(),
+    };
+    if presented.contains(&wanted) {
+        return Ok(());
+    }
+    let err = match presented.first() {
+        None => ApiError::Unauthenticated(format!(
+            "an agent session needs a certificate naming {wanted}"
+        )),
+        Some(other) => ApiError::PermissionDenied(format!(
+            "a certificate naming {other} may not register as node {node_name:?}"
+        )),
+    };
+    Err(err.into())
+}
+
 #[tonic::async_trait]
 impl AgentControl for AgentSessions {
     type SessionStream = SessionStream;
@@ -57,6 +84,7 @@ impl AgentControl for AgentSessions {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        let presented = berth_tls::peer_identities(&request);
         let (tx, rx) = mpsc::channel(256);
         let Some(supervisor) = self.leadership.supervisor() else {
             if self.node.metrics().current_leader == Some(self.node.id()) {
@@ -81,6 +109,7 @@ impl AgentControl for AgentSessions {
         };
         validate_name(&register.node_name)
             .map_err(|e| Status::invalid_argument(format!("invalid node name: {e}")))?;
+        may_register(&presented, &register.node_name)?;
         supervisor
             .send_message(SupervisorMsg::AgentConnected(Box::new(AgentSession {
                 register,

@@ -47,7 +47,8 @@ async fn running_on_agent(
     }
     let addr =
         addr.ok_or_else(|| ApiError::FailedPrecondition(format!("sandbox {name:?} has no node")))?;
-    let client = crate::agent_client::connect(&addr)
+    let node_name = record.node.as_deref().unwrap_or_default();
+    let client = crate::agent_client::connect(node_name, &addr)
         .await
         .map_err(ApiError::Unavailable)?;
     Ok((record, client))

@@ -31,9 +31,9 @@ fn to_proto(v: &KeptRecord, size_bytes: Option<u64>) -> KeptVolume {
 }
 
 /// The volume's size as its node reports it; None if it cannot be asked.
-async fn size_of(addr: Option<String>, volume: &str) -> Option<u64> {
+async fn size_of(node: &str, addr: Option<String>, volume: &str) -> Option<u64> {
     let ask = async {
-        let mut client = crate::agent_client::connect(&addr?).await.ok()?;
+        let mut client = crate::agent_client::connect(node, &addr?).await.ok()?;
         let request = VolumeSizeRequest {
             volume: volume.to_string(),
         };
@@ -61,7 +61,7 @@ pub async fn list(node: &RaftNode) -> Result<ListVolumesResponse, ApiError> {
     };
     let sizes = futures::future::join_all(
         kept.iter()
-            .map(|(v, addr)| size_of(addr.clone(), &v.volume)),
+            .map(|(v, addr)| size_of(&v.node, addr.clone(), &v.volume)),
     )
     .await;
     Ok(ListVolumesResponse {

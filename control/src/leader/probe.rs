@@ -8,15 +8,17 @@ use berth_proto::agent_v1::{exec_output, ExecRequest};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs `command` in sandbox `name` via the agent at `data_addr`.
+/// Runs `command` in sandbox `name` via the agent of node `node` at
+/// `data_addr`.
 pub async fn run(
+    node: &str,
     data_addr: &str,
     name: &str,
     uid: &str,
     command: Vec<String>,
 ) -> Result<(), String> {
     let attempt = async {
-        let mut client = crate::agent_client::connect(data_addr).await?;
+        let mut client = crate::agent_client::connect(node, data_addr).await?;
         let mut stream = client
             .exec(ExecRequest {
                 name: name.to_string(),

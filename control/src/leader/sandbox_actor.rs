@@ -350,9 +350,10 @@ impl SandboxState {
         let now = now_ms();
         let elapsed = u64::try_from(now - op.phase_started_at_ms).unwrap_or(0);
         if op.phase == UpdatePhase::Verifying && elapsed >= op.policy.min_healthy_ms {
+            let node = record.node.as_deref().unwrap_or_default();
             if let (Some(command), Some(addr)) = (readiness.clone(), self.data_addr(record)) {
                 self.progress.probe =
-                    Some(super::probe::run(&addr, &record.name, &record.uid, command).await);
+                    Some(super::probe::run(node, &addr, &record.name, &record.uid, command).await);
             }
         }
         let event = update_step::observe(&Observations {
