@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use berth_proto::v1::cluster_service_client::ClusterServiceClient;
 use berth_proto::v1::sandbox_service_client::SandboxServiceClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::Failure;
 
@@ -24,7 +24,8 @@ pub struct Control {
 }
 
 impl Control {
-    pub async fn connect(addrs: &str) -> Result<Self, Failure> {
+    /// Connects to the first of `addrs` that answers, over TLS with `tls`.
+    pub async fn connect(addrs: &str, tls: Option<&ClientTlsConfig>) -> Result<Self, Failure> {
         let addrs: Vec<&str> = addrs
             .split(',')
             .map(str::trim)
@@ -35,10 +36,17 @@ impl Control {
         }
         let mut errors = Vec::new();
         for addr in &addrs {
-            let endpoint = berth_proto::dial::endpoint(addr)
-                .map_err(|e| Failure::usage(format!("invalid control address {addr:?}: {e}")))?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(REQUEST_TIMEOUT);
+            let invalid = |e: tonic::transport::Error| {
+                Failure::usage(format!("invalid control address {addr:?}: {e}"))
+            };
+            let endpoint = match tls {
+                Some(tls) => berth_proto::dial::endpoint(&format!("https://{addr}"))
+                    .and_then(|e| e.tls_config(tls.clone()))
+                    .map_err(invalid)?,
+                None => berth_proto::dial::endpoint(addr).map_err(invalid)?,
+            }
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(REQUEST_TIMEOUT);
             match endpoint.connect().await {
                 Ok(channel) => return Ok(Self { channel }),
                 Err(e) => errors.push(format!("{addr}: {e}")),

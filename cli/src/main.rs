@@ -6,6 +6,7 @@
 
 mod certs;
 mod client;
+mod credentials;
 mod local;
 mod operations;
 mod output;
@@ -42,6 +43,16 @@ struct Cli {
         default_value = "table"
     )]
     output: Format,
+    /// The cluster CA's certificate, to reach control nodes over TLS
+    /// (default: the one `berth up` made under $BERTH_HOME).
+    #[arg(long, global = true, env = "BERTH_CA")]
+    ca: Option<PathBuf>,
+    /// A client certificate (with --key) to present to the control nodes.
+    #[arg(long, global = true, env = "BERTH_CERT")]
+    cert: Option<PathBuf>,
+    /// The key of --cert.
+    #[arg(long, global = true, env = "BERTH_KEY")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +88,11 @@ enum Command {
         /// Start only the control plane, no node agent.
         #[arg(long)]
         no_agent: bool,
+        /// No TLS: anyone who can reach the ports can act as a node, an
+        /// agent or a client (by default `up` makes a CA and certificates
+        /// under HOME/tls and every link is mutual TLS).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Stop the local cluster started by `berth up` (its data is kept).
     Down {
@@ -129,6 +145,22 @@ impl Failure {
 
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
+        let broken = [
+            "transport error",
+            "h2 protocol error",
+            "operation was canceled",
+        ];
+        if broken.iter().any(|b| status.message().starts_with(b)) {
+            // The connection broke (no answer from berth's API), typically
+            // plaintext spoken to a node that serves TLS.
+            return Self {
+                message: format!(
+                    "{}: the control node broke the connection (if it serves TLS, pass --ca FILE or set BERTH_HOME to the home `berth up` used)",
+                    status.message()
+                ),
+                code: 5,
+            };
+        }
         let code = match status.code() {
             tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => 2,
             tonic::Code::NotFound => 3,
@@ -147,9 +179,17 @@ impl From<tonic::Status> for Failure {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    let home =
+        std::env::var_os("BERTH_HOME").map_or_else(|| PathBuf::from(".berth"), PathBuf::from);
+    let tls = credentials::client_tls(
+        cli.ca.as_deref(),
+        cli.cert.as_deref(),
+        cli.key.as_deref(),
+        &home,
+    )?;
     match cli.command {
         Command::Cluster(command) => {
-            let control = Control::connect(&cli.control).await?;
+            let control = Control::connect(&cli.control, tls.as_ref()).await?;
             let mut client = control.cluster();
             let status = match command {
                 ClusterCommand::Status => {
@@ -172,16 +212,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Sandbox(command) => {
-            let control = Control::connect(&cli.control).await?;
+            let control = Control::connect(&cli.control, tls.as_ref()).await?;
             sandbox::run(control, cli.output, command).await
         }
         Command::Certs(command) => certs::run(cli.output, command),
         Command::Volume(command) => {
-            let control = Control::connect(&cli.control).await?;
+            let control = Control::connect(&cli.control, tls.as_ref()).await?;
             volume::run(control, cli.output, command).await
         }
         Command::Node(NodeCommand::Replace { name }) => {
-            let control = Control::connect(&cli.control).await?;
+            let control = Control::connect(&cli.control, tls.as_ref()).await?;
             let agent = control
                 .cluster()
                 .replace_node(berth_proto::v1::ReplaceNodeRequest { name })
@@ -197,7 +237,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Node(NodeCommand::List) => {
-            let control = Control::connect(&cli.control).await?;
+            let control = Control::connect(&cli.control, tls.as_ref()).await?;
             let agents = control
                 .cluster()
                 .list_agents(berth_proto::v1::ListAgentsRequest {})
@@ -211,7 +251,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             home,
             base_port,
             no_agent,
-        } => local::up(&home, nodes, base_port, !no_agent)
+            insecure,
+        } => local::up(&home, nodes, base_port, !no_agent, !insecure)
             .await
             .map(|()| 0),
         Command::Down { home } => local::down(&home).map(|()| 0),

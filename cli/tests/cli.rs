@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
 use berth_testkit::{bin_path, TestCluster};
@@ -16,7 +17,18 @@ struct Run {
     stderr: String,
 }
 
+/// `berth --control CONTROL ARGS` with no credentials (plaintext).
 fn berth(control: &str, args: &[&str]) -> Run {
+    berth_home(
+        std::path::Path::new("/nonexistent-berth-home"),
+        control,
+        args,
+    )
+}
+
+/// `berth --control CONTROL ARGS` with the credentials `berth up` left in
+/// `home`.
+fn berth_home(home: &std::path::Path, control: &str, args: &[&str]) -> Run {
     let Output {
         status,
         stdout,
@@ -26,6 +38,10 @@ fn berth(control: &str, args: &[&str]) -> Run {
         .arg(control)
         .args(args)
         .env_remove("BERTH_CONTROL")
+        .env_remove("BERTH_CA")
+        .env_remove("BERTH_CERT")
+        .env_remove("BERTH_KEY")
+        .env("BERTH_HOME", home)
         .output()
         .expect("run berth");
     Run {
@@ -367,11 +383,20 @@ fn up_starts_a_local_cluster_and_down_stops_it_keeping_data() {
         "a second `up` must refuse while running"
     );
 
-    let created = berth(
+    // TLS by default: the CLI finds the CA and its certificate in the
+    // home; without them, nothing is served.
+    let created = berth_home(
+        home.path(),
         &control,
         &["sandbox", "create", "kept", "--image", "busybox"],
     );
     assert_eq!(created.code, 0, "{}", created.stderr);
+    assert_eq!(berth(&control, &["sandbox", "list"]).code, 5);
+    let key = home.path().join("tls/ca-key.pem");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let down = Command::new(bin_path("berth"))
         .arg("down")
         .arg("--home")
@@ -383,7 +408,7 @@ fn up_starts_a_local_cluster_and_down_stops_it_keeping_data() {
         "{}",
         String::from_utf8_lossy(&down.stdout)
     );
-    let gone = berth(&control, &["sandbox", "list"]);
+    let gone = berth_home(home.path(), &control, &["sandbox", "list"]);
     assert_eq!(gone.code, 5);
 
     let out = up(home.path());
@@ -392,13 +417,17 @@ fn up_starts_a_local_cluster_and_down_stops_it_keeping_data() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let names: Vec<String> = list(&control)
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names: Vec<String> = json(&berth_home(
+        home.path(),
+        &control,
+        &["-o", "json", "sandbox", "list"],
+    ))
+    .as_array()
+    .map(|a| {
+        a.iter()
+            .filter_map(|s| s["name"].as_str().map(String::from))
+            .collect()
+    })
+    .unwrap_or_default();
     assert_eq!(names, vec!["kept".to_string()]);
 }

@@ -8,6 +8,7 @@
 //! are the workload: `down` leaves them running, as a gateway crash would.
 
 mod demo_image;
+mod tls;
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -19,6 +20,7 @@ use berth_proto::v1::GetStatusRequest;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use tonic::transport::ClientTlsConfig;
 
 use crate::client::Control;
 use crate::Failure;
@@ -85,7 +87,13 @@ fn read_state(home: &Path) -> Option<LocalCluster> {
     serde_json::from_slice(&bytes).ok()
 }
 
-pub async fn up(home: &Path, nodes: u64, base_port: u16, with_agent: bool) -> Result<(), Failure> {
+pub async fn up(
+    home: &Path,
+    nodes: u64,
+    base_port: u16,
+    with_agent: bool,
+    secure: bool,
+) -> Result<(), Failure> {
     if !(1..=7).contains(&nodes) {
         return Err(Failure::usage("--nodes must be between 1 and 7"));
     }
@@ -114,11 +122,18 @@ pub async fn up(home: &Path, nodes: u64, base_port: u16, with_agent: bool) -> Re
         .iter()
         .map(|(id, addr)| format!("{id}={addr}"))
         .collect();
+    let pki = if secure {
+        Some(tls::ensure(&home)?)
+    } else {
+        eprintln!("berth: WARNING: --insecure: no TLS; anyone who can reach these ports can act as a control node, an agent or a client");
+        None
+    };
+    let client_tls = crate::credentials::client_tls(None, None, None, &home)?.filter(|_| secure);
     let berthd = sibling("berthd");
     let mut started = Vec::new();
     for (id, addr) in &addrs {
         let log = home.join(format!("node-{id}.log"));
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--id".into(),
             id.to_string(),
             "--listen".into(),
@@ -128,6 +143,9 @@ pub async fn up(home: &Path, nodes: u64, base_port: u16, with_agent: bool) -> Re
             "--initial-cluster".into(),
             initial.join(","),
         ];
+        if let Some(pki) = &pki {
+            args.extend(pki.server_args());
+        }
         let pid = spawn_logged(&berthd, &args, &log)?;
         started.push(LocalNode {
             id: *id,
@@ -144,12 +162,12 @@ pub async fn up(home: &Path, nodes: u64, base_port: u16, with_agent: bool) -> Re
 
     let control: Vec<&str> = addrs.iter().map(|(_, a)| a.as_str()).collect();
     let control = control.join(",");
-    let leader = wait_for_leader(&control, Duration::from_secs(30)).await?;
+    let leader = wait_for_leader(&control, client_tls.as_ref(), Duration::from_secs(30)).await?;
     if with_agent {
         demo_image::ensure_demo_images(&home)?;
         let addr = format!("127.0.0.1:{}", u32::from(base_port) + 100);
         let log = home.join(format!("agent-{LOCAL_NODE}.log"));
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--control".into(),
             control.clone(),
             "--node-name".into(),
@@ -163,6 +181,9 @@ pub async fn up(home: &Path, nodes: u64, base_port: u16, with_agent: bool) -> Re
             "--listen".into(),
             addr.clone(),
         ];
+        if let Some(pki) = &pki {
+            args.extend(pki.agent_args());
+        }
         let pid = spawn_logged(&sibling("berth-agent"), &args, &log)?;
         state.agents.push(LocalNode {
             id: 1,
@@ -171,7 +192,7 @@ pub async fn up(home: &Path, nodes: u64, base_port: u16, with_agent: bool) -> Re
             log,
         });
         write_state(&home, &state)?;
-        wait_for_agent(&control, Duration::from_secs(60)).await?;
+        wait_for_agent(&control, client_tls.as_ref(), Duration::from_secs(60)).await?;
     }
     println!("berth: local cluster of {nodes} control node(s) is up; leader is node {leader}");
     for node in &state.nodes {
@@ -191,10 +212,20 @@ pub async fn up(home: &Path, nodes: u64, base_port: u16, with_agent: bool) -> Re
             agent.log.display()
         );
     }
+    match &pki {
+        Some(pki) => println!(
+            "  TLS: every link is mutual TLS; CA and certificates in {}",
+            pki.dir().display()
+        ),
+        None => println!("  TLS: off (--insecure)"),
+    }
     println!();
     println!("Try:");
     if control != crate::DEFAULT_CONTROL {
         println!("  export BERTH_CONTROL={control}");
+    }
+    if home != Path::new(".berth").canonicalize().unwrap_or_default() {
+        println!("  export BERTH_HOME={}", home.display());
     }
     println!("  berth cluster status");
     println!(
@@ -216,10 +247,14 @@ fn write_state(home: &Path, state: &LocalCluster) -> Result<(), Failure> {
         .map_err(|e| Failure::other(format!("write cluster state: {e}")))
 }
 
-async fn wait_for_agent(control: &str, timeout: Duration) -> Result<(), Failure> {
+async fn wait_for_agent(
+    control: &str,
+    tls: Option<&ClientTlsConfig>,
+    timeout: Duration,
+) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(c) = Control::connect(control).await {
+        if let Ok(c) = Control::connect(control, tls).await {
             let request = berth_proto::v1::ListAgentsRequest {};
             if let Ok(list) = c.cluster().list_agents(request).await {
                 if list
@@ -242,10 +277,14 @@ async fn wait_for_agent(control: &str, timeout: Duration) -> Result<(), Failure>
     }
 }
 
-async fn wait_for_leader(control: &str, timeout: Duration) -> Result<u64, Failure> {
+async fn wait_for_leader(
+    control: &str,
+    tls: Option<&ClientTlsConfig>,
+    timeout: Duration,
+) -> Result<u64, Failure> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(c) = Control::connect(control).await {
+        if let Ok(c) = Control::connect(control, tls).await {
             if let Ok(status) = c.cluster().get_status(GetStatusRequest {}).await {
                 let leader = status.into_inner().leader_id;
                 if leader != 0 {

@@ -1,0 +1,61 @@
+//! How the CLI reaches a control plane that serves TLS: the CA from `--ca`
+//! (`BERTH_CA`), else from `$BERTH_HOME/tls` (default `./.berth/tls`, what
+//! `berth up` wrote); a client certificate from `--cert`/`--key`
+//! (`BERTH_CERT`/`BERTH_KEY`), else `berth up`'s `client-admin`. The
+//! control nodes must present `server.<cluster>.berth`, the cluster read
+//! from the same directory (`berth` when unknown). Without a CA anywhere,
+//! plaintext: a cluster started with `--insecure`.
+
+use std::path::{Path, PathBuf};
+
+use berth_tls::{CertDir, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
+
+use crate::Failure;
+
+/// The directory `berth up` keeps its CA and certificates in.
+pub fn tls_dir(home: &Path) -> PathBuf {
+    home.join("tls")
+}
+
+/// `berth up`'s client certificate name.
+pub const LOCAL_CLIENT: &str = "admin";
+
+/// The TLS settings for reaching the control plane, if TLS is configured.
+pub fn client_tls(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    home: &Path,
+) -> Result<Option<ClientTlsConfig>, Failure> {
+    let dir = tls_dir(home);
+    let local_ca = dir.join("ca.pem");
+    let ca = match ca {
+        Some(ca) => ca.to_path_buf(),
+        None if local_ca.exists() => local_ca,
+        None => return Ok(None),
+    };
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())))
+    };
+    let cluster = CertDir::open(&dir)
+        .map(|d| d.cluster().to_string())
+        .unwrap_or_else(|_| "berth".to_string());
+    let server = Identity::Server { cluster };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&ca)?))
+        .domain_name(server.dns_name());
+    let local_cert = dir.join(format!("client-{LOCAL_CLIENT}.pem"));
+    let local_key = dir.join(format!("client-{LOCAL_CLIENT}-key.pem"));
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
+        }
+        (None, None) if local_cert.exists() && local_key.exists() => {
+            tls = tls.identity(TlsIdentity::from_pem(read(&local_cert)?, read(&local_key)?));
+        }
+        (None, None) => {}
+        _ => return Err(Failure::usage("--cert and --key go together")),
+    }
+    Ok(Some(tls))
+}
