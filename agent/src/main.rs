@@ -70,6 +70,11 @@ struct Args {
     /// The key of --tls-cert.
     #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
     tls_key: Option<PathBuf>,
+    /// Run without TLS: anyone who can reach the data plane can exec into
+    /// sandboxes, and anyone who answers as the control plane can command
+    /// this agent. Without it, the --tls-* flags are required.
+    #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    insecure: bool,
     /// The cluster's name (`berth certs init --cluster`), which control
     /// nodes' certificates name.
     #[arg(long, default_value = "berth")]
@@ -99,6 +104,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.insecure {
+        tracing::warn!(
+            "--insecure: no TLS; anyone who can reach the data plane can exec into sandboxes"
+        );
+    } else if args.tls_cert.is_none() {
+        anyhow::bail!("berth-agent speaks TLS only unless told otherwise: pass --tls-ca, --tls-cert and --tls-key (`berth certs issue agent NODE` makes them), or --insecure to run without TLS");
+    }
     if let Some(ip) = args.source_ip {
         berth_proto::dial::set_source_ip(ip).map_err(anyhow::Error::msg)?;
     }

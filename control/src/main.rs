@@ -59,6 +59,11 @@ struct Args {
     /// The key of --tls-cert.
     #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
     tls_key: Option<PathBuf>,
+    /// Run without TLS: anyone who can reach the port can act as a control
+    /// node, an agent or a client. Without it, the --tls-* flags are
+    /// required.
+    #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    insecure: bool,
     /// Directory for this node's RocksDB and identity.
     #[arg(long)]
     data_dir: PathBuf,
@@ -133,6 +138,11 @@ async fn main() -> anyhow::Result<()> {
     bootstrap::parse_addr(&advertise).map_err(anyhow::Error::msg)?;
     if let Some(ip) = args.source_ip {
         berth_proto::dial::set_source_ip(ip).map_err(anyhow::Error::msg)?;
+    }
+    if args.insecure {
+        tracing::warn!("--insecure: no TLS; anyone who can reach this port can act as a control node, an agent or a client");
+    } else if args.tls_cert.is_none() {
+        bail!("berthd serves TLS only unless told otherwise: pass --tls-ca, --tls-cert and --tls-key (`berth certs` makes them), or --insecure to run without TLS");
     }
     if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
         let material = berth_tls::Material::load(ca, cert, key)?;

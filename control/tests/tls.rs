@@ -297,3 +297,39 @@ async fn agents_speak_mutual_tls_as_their_own_node_only() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[test]
+fn binaries_refuse_to_run_without_tls_unless_told_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = berth_testkit::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let runs = [
+        std::process::Command::new(berth_testkit::bin_path("berthd"))
+            .args(["--id", "1", "--listen", &addr, "--data-dir"])
+            .arg(&data)
+            .args(["--initial-cluster", &format!("1={addr}")])
+            .output()
+            .unwrap(),
+        std::process::Command::new(berth_testkit::bin_path("berth-agent"))
+            .args([
+                "--control",
+                &addr,
+                "--node-name",
+                "n1",
+                "--driver",
+                "memory",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    ];
+    for out in runs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("--insecure"), "{stderr}");
+    }
+    // Nothing was written.
+    assert!(!data.exists());
+}

@@ -191,6 +191,9 @@ impl TestCluster {
             None => args.extend(["--initial-cluster".to_string(), self.initial.clone()]),
         }
         args.extend(self.extra_args.iter().cloned());
+        if !args.iter().any(|a| a == "--tls-cert") {
+            args.push("--insecure".to_string());
+        }
         let mut env = self.env.clone();
         env.extend(self.node_env.get(&id).cloned().unwrap_or_default());
         slot.process = Some(NodeProcess::spawn_with_env(
@@ -425,6 +428,9 @@ impl TestCluster {
             args.extend(["--source-ip".to_string(), ip.to_string()]);
         }
         args.extend(self.agent_args.iter().cloned());
+        if !args.iter().any(|a| a == "--tls-cert") {
+            args.push("--insecure".to_string());
+        }
         let log = self.dir.path().join(format!("agent-{name}.log"));
         let mut env = self.agent_env.clone();
         env.extend(self.agent_env_of.get(name).cloned().unwrap_or_default());

@@ -143,8 +143,9 @@ pub async fn up(
             "--initial-cluster".into(),
             initial.join(","),
         ];
-        if let Some(pki) = &pki {
-            args.extend(pki.server_args());
+        match &pki {
+            Some(pki) => args.extend(pki.server_args()),
+            None => args.push("--insecure".into()),
         }
         let pid = spawn_logged(&berthd, &args, &log)?;
         started.push(LocalNode {
@@ -181,8 +182,9 @@ pub async fn up(
             "--listen".into(),
             addr.clone(),
         ];
-        if let Some(pki) = &pki {
-            args.extend(pki.agent_args());
+        match &pki {
+            Some(pki) => args.extend(pki.agent_args()),
+            None => args.push("--insecure".into()),
         }
         let pid = spawn_logged(&sibling("berth-agent"), &args, &log)?;
         state.agents.push(LocalNode {
