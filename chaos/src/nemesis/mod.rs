@@ -302,7 +302,17 @@ pub async fn run(
     started: Instant,
 ) -> NemesisReport {
     let mut report = NemesisReport::default();
+    let mut progress_at = Duration::from_secs(60);
     for fault in faults {
+        if started.elapsed() >= progress_at {
+            progress_at += Duration::from_secs(60);
+            let injected: u64 = report.injected.values().sum();
+            eprintln!(
+                "berth-chaos: {} s: {injected} faults injected, {} failovers",
+                started.elapsed().as_secs(),
+                report.failover_ms.len()
+            );
+        }
         let at = Duration::from_millis(fault.at_ms);
         if at >= profile.duration {
             break;
