@@ -313,8 +313,10 @@ pub async fn run(
                 report.failover_ms.len()
             );
         }
+        // The schedule may fall behind (a fault can take longer than drawn);
+        // the run still ends on time.
         let at = Duration::from_millis(fault.at_ms);
-        if at >= profile.duration {
+        if at >= profile.duration || started.elapsed() >= profile.duration {
             break;
         }
         let wait = at.saturating_sub(started.elapsed());
