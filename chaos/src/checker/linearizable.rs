@@ -41,6 +41,24 @@ pub enum Verdict {
 
 const BUDGET: usize = 2_000_000;
 
+/// Which operations are linearized, one bit each.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Done(Vec<u64>);
+
+impl Done {
+    fn new(n: usize) -> Self {
+        Self(vec![0; n.div_ceil(64)])
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+}
+
 /// The possible states after applying `op` (with its outcome) to `s`.
 fn step(s: &State, op: &Op) -> Vec<State> {
     use State::{Absent, Present};
@@ -175,30 +193,45 @@ pub fn check(ops: &[Op]) -> Verdict {
     ops.sort_by_key(|op| op.invoke_ms);
     let ret = |op: &Op| op.complete_ms.unwrap_or(u64::MAX);
     let n = ops.len();
-    let mut seen: HashSet<(Vec<bool>, State)> = HashSet::new();
-    let mut stack: Vec<(Vec<bool>, State)> = vec![(vec![false; n], State::Absent)];
+    // A search node: which operations are linearized (a bitset), the
+    // first one that is not, and the register's state. Scans start at
+    // `first` and stop at the first invocation past the horizon, so a
+    // step costs the width of the window of concurrent operations, not
+    // the length of the history.
+    let mut seen: HashSet<(Done, State)> = HashSet::new();
+    let mut stack: Vec<(Done, usize, State)> = vec![(Done::new(n), 0, State::Absent)];
     let mut explored = 0usize;
-    while let Some((done, state)) = stack.pop() {
+    while let Some((done, first, state)) = stack.pop() {
         explored += 1;
         if explored > BUDGET {
             return Verdict::Inconclusive;
         }
         // Finished when every completed operation is linearized (the
-        // unknown ones left over never took effect).
-        let pending_completed = (0..n).filter(|&i| !done[i] && ops[i].complete_ms.is_some());
-        let horizon = pending_completed.clone().map(|i| ret(ops[i])).min();
+        // unknown ones left over never took effect). The earliest return
+        // among those left is the horizon: nothing invoked after it may be
+        // linearized before it.
+        let mut horizon: Option<u64> = None;
+        for (i, op) in ops.iter().enumerate().skip(first) {
+            if horizon.is_some_and(|h| op.invoke_ms > h) {
+                break; // returns are never before invocations
+            }
+            if !done.get(i) && op.complete_ms.is_some() {
+                horizon = Some(horizon.map_or(ret(op), |h| h.min(ret(op))));
+            }
+        }
         let Some(horizon) = horizon else {
             return Verdict::Linearizable;
         };
-        for i in (0..n).filter(|&i| !done[i]) {
+        for i in (first..n).filter(|&i| !done.get(i)) {
             if ops[i].invoke_ms > horizon {
                 break; // sorted by invocation: nothing later may go first
             }
             for next in with_vanishing(step(&state, ops[i])) {
                 let mut done = done.clone();
-                done[i] = true;
+                done.set(i);
                 if seen.insert((done.clone(), next.clone())) {
-                    stack.push((done, next));
+                    let first = (first..n).find(|&j| !done.get(j)).unwrap_or(n);
+                    stack.push((done, first, next));
                 }
             }
         }
@@ -308,5 +341,38 @@ mod tests {
             op(OpKind::Create, 1, Some(11), ok(Value::Uid("b".into()))),
         ];
         assert_eq!(check(&double), Verdict::Violation);
+    }
+
+    /// A long history (as a long run records: thousands of operations per
+    /// name, some concurrent, some unknown) is decided, not left
+    /// inconclusive by the search budget; and a lost write at its end is
+    /// still found.
+    #[test]
+    fn long_histories_are_decided() {
+        let mut ops = Vec::new();
+        let mut t = 0;
+        for round in 0..1500u64 {
+            let uid = format!("u{round}");
+            ops.push(op(
+                OpKind::Create,
+                t,
+                Some(t + 10),
+                ok(Value::Uid(uid.clone())),
+            ));
+            ops.push(op(OpKind::Get, t + 5, Some(t + 15), get(&uid, false)));
+            ops.push(op(
+                OpKind::Get,
+                t + 20,
+                None,
+                Outcome::Unknown("timeout".into()),
+            ));
+            ops.push(op(OpKind::Delete, t + 30, Some(t + 40), ok(Value::None)));
+            ops.push(op(OpKind::Get, t + 50, Some(t + 51), failed("NotFound")));
+            t += 100;
+        }
+        assert_eq!(check(&ops), Verdict::Linearizable);
+        // The last delete was acknowledged, yet the sandbox is still there.
+        ops.push(op(OpKind::Get, t + 1, Some(t + 2), get("u1499", false)));
+        assert_eq!(check(&ops), Verdict::Violation);
     }
 }
