@@ -13,8 +13,8 @@ pub enum ProfileName {
     Ci,
     /// Long: every kind of fault, for an hour.
     Long,
-    /// Leader kills only, one every few seconds, mid-update (about 1,000
-    /// in 80 minutes).
+    /// Leader kills only, one every few seconds, each aimed at an
+    /// operation in flight when there is one.
     Kills,
 }
 
@@ -35,6 +35,8 @@ pub struct Profile {
     pub settle: Duration,
     /// The faults drawn, with their weights.
     pub mix: &'static [(FaultKind, u32)],
+    /// Leader kills wait (up to 8 s) for an operation in flight.
+    pub kill_mid_operation: bool,
 }
 
 impl Profile {
@@ -52,6 +54,7 @@ impl Profile {
                 fault_hold: (secs(2), secs(6)),
                 settle: secs(120),
                 mix: MIXED,
+                kill_mid_operation: false,
             },
             ProfileName::Long => Self {
                 name,
@@ -64,6 +67,7 @@ impl Profile {
                 fault_hold: (secs(1), secs(5)),
                 settle: secs(180),
                 mix: MIXED,
+                kill_mid_operation: false,
             },
             ProfileName::Kills => Self {
                 name,
@@ -76,6 +80,7 @@ impl Profile {
                 fault_hold: (Duration::from_millis(300), Duration::from_millis(1000)),
                 settle: secs(180),
                 mix: LEADER_KILLS,
+                kill_mid_operation: true,
             },
         }
     }

@@ -329,6 +329,14 @@ pub async fn run(
                     continue;
                 };
                 let pause = fault.kind == FaultKind::PauseLeader;
+                if !pause && profile.kill_mid_operation {
+                    // Aim the kill: wait (a little) for an operation to be
+                    // in flight on the leader.
+                    let until = Instant::now() + Duration::from_secs(8);
+                    while Instant::now() < until && !operation_in_flight(cluster, old).await {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
                 if !pause && operation_in_flight(cluster, old).await {
                     report.kills_mid_operation += 1;
                 }
