@@ -236,6 +236,16 @@ async fn failover(cluster: &mut TestCluster, old: u64) -> Option<Duration> {
     None
 }
 
+/// Counts a process found dead on its own: it died at a failpoint.
+fn died(report: &mut NemesisReport, started: Instant, who: String) {
+    let at = started.elapsed().as_millis() as u64;
+    report.count(
+        FaultKind::CrashPoint,
+        at,
+        format!("{who} died at a failpoint"),
+    );
+}
+
 /// Restarts every control node and agent that is not running (a crash
 /// point fired, or a fault is being healed).
 pub fn revive(
@@ -248,12 +258,7 @@ pub fn revive(
         let running = cluster.process(id).is_some_and(|p| p.is_running());
         if !running {
             if count {
-                let at = started.elapsed().as_millis() as u64;
-                report.count(
-                    FaultKind::CrashPoint,
-                    at,
-                    format!("node {id} died at a failpoint"),
-                );
+                died(report, started, format!("node {id}"));
             }
             if let Err(e) = cluster.restart(id) {
                 eprintln!("berth-chaos: cannot restart node {id}: {e:#}");
@@ -264,12 +269,7 @@ pub fn revive(
         let running = cluster.agent(&name).is_some_and(|p| p.is_running());
         if !running {
             if count {
-                let at = started.elapsed().as_millis() as u64;
-                report.count(
-                    FaultKind::CrashPoint,
-                    at,
-                    format!("agent {name} died at a failpoint"),
-                );
+                died(report, started, format!("agent {name}"));
             }
             if let Err(e) = cluster.start_agent(&name) {
                 eprintln!("berth-chaos: cannot restart agent {name}: {e:#}");
