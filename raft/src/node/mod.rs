@@ -227,17 +227,29 @@ impl RaftNode {
     }
 
     /// Adds a control node: as learner, then, once caught up, as voter.
+    /// Returns once this node's own view includes the change.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), NodeError> {
-        self.on_leader(LeaderOp::AddNode { id, addr })
-            .await
-            .map(|_| ())
+        self.on_leader(LeaderOp::AddNode { id, addr }).await?;
+        self.catch_up_after_membership_change().await;
+        Ok(())
     }
 
-    /// Removes a control node from voters and learners.
+    /// Removes a control node from voters and learners. Returns once this
+    /// node's own view includes the change, so a status read right after
+    /// (even through a follower) shows it.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), NodeError> {
-        self.on_leader(LeaderOp::RemoveNode { id })
-            .await
-            .map(|_| ())
+        self.on_leader(LeaderOp::RemoveNode { id }).await?;
+        self.catch_up_after_membership_change().await;
+        Ok(())
+    }
+
+    /// The change is committed either way; waiting is only so this node's
+    /// answer shows it. A node that removed itself may never see the final
+    /// entry, so a failure here is logged, not returned.
+    async fn catch_up_after_membership_change(&self) {
+        if let Err(e) = self.read_barrier().await {
+            tracing::warn!(error = %e, "membership changed; this node's view may lag");
+        }
     }
 
     /// Stops Raft; storage is closed when the last handle drops.
