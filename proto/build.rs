@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/berth/v1/sandbox.proto",
                 "proto/berth/v1/cluster.proto",
+                "proto/berth/v1/auth.proto",
                 "proto/berth/raft/v1/raft.proto",
                 "proto/berth/agent/v1/agent.proto",
             ],

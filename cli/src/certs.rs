@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use berth_tls::{CertDir, Kind, TlsError};
+use berth_tls::{CertDir, ClientGrant, Kind, TlsError};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -36,6 +36,13 @@ pub enum CertsCommand {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Client certificates: the tenant it acts in (with --role, the
+        /// certificate is then a credential like a token).
+        #[arg(long, requires = "role")]
+        tenant: Option<String>,
+        /// Client certificates: reader, member, admin or platform-admin.
+        #[arg(long, requires = "tenant")]
+        role: Option<String>,
     },
 }
 
@@ -90,9 +97,26 @@ pub fn run(format: Format, command: CertsCommand) -> Result<u8, Failure> {
             dir,
             san,
             days,
+            tenant,
+            role,
         } => {
             let ca = CertDir::open(&dir)?;
-            let issued = ca.issue(kind.into(), &name, &san, days)?;
+            let issued = match (kind, tenant, role) {
+                (CertKind::Client, Some(tenant), Some(role)) => {
+                    if !["reader", "member", "admin", "platform-admin"].contains(&role.as_str()) {
+                        return Err(Failure::usage(format!(
+                            "--role {role:?} is not one of reader, member, admin, platform-admin"
+                        )));
+                    }
+                    ca.issue_client(&name, &ClientGrant { tenant, role }, &san, days)?
+                }
+                (_, Some(_), _) | (_, _, Some(_)) => {
+                    return Err(Failure::usage(
+                        "--tenant and --role are for client certificates",
+                    ))
+                }
+                _ => ca.issue(kind.into(), &name, &san, days)?,
+            };
             match format {
                 Format::Json => println!(
                     "{}",

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use berth_proto::v1::access_service_client::AccessServiceClient;
 use berth_proto::v1::cluster_service_client::ClusterServiceClient;
 use berth_proto::v1::sandbox_service_client::SandboxServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::Failure;
@@ -19,13 +22,63 @@ pub fn request_id() -> String {
     format!("cli-{}", uuid::Uuid::new_v4())
 }
 
+/// What every call carries: the bearer token, and the tenant a platform
+/// admin acts in.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    token: Option<MetadataValue<Ascii>>,
+    tenant: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    pub fn new(token: Option<&str>, tenant: Option<&str>) -> Result<Self, Failure> {
+        let value = |what: &str, text: &str| {
+            text.parse::<MetadataValue<Ascii>>()
+                .map_err(|_| Failure::usage(format!("{what} is not printable ASCII")))
+        };
+        Ok(Self {
+            token: token
+                .map(|t| value("the token", &format!("Bearer {}", t.trim())))
+                .transpose()?,
+            tenant: tenant.map(|t| value("--as-tenant", t)).transpose()?,
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        if let Some(tenant) = &self.tenant {
+            request
+                .metadata_mut()
+                .insert("berth-tenant", tenant.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to a control node that sends the credentials with each call.
+pub type Chan = InterceptedService<Channel, Credentials>;
+
 pub struct Control {
     channel: Channel,
+    credentials: Credentials,
 }
 
 impl Control {
     /// Connects to the first of `addrs` that answers, over TLS with `tls`.
-    pub async fn connect(addrs: &str, tls: Option<&ClientTlsConfig>) -> Result<Self, Failure> {
+    pub async fn connect(
+        addrs: &str,
+        tls: Option<&ClientTlsConfig>,
+        credentials: &Credentials,
+    ) -> Result<Self, Failure> {
         let addrs: Vec<&str> = addrs
             .split(',')
             .map(str::trim)
@@ -48,7 +101,12 @@ impl Control {
             .connect_timeout(Duration::from_secs(1))
             .timeout(REQUEST_TIMEOUT);
             match endpoint.connect().await {
-                Ok(channel) => return Ok(Self { channel }),
+                Ok(channel) => {
+                    return Ok(Self {
+                        channel,
+                        credentials: credentials.clone(),
+                    })
+                }
                 Err(e) => errors.push(format!("{addr}: {e}")),
             }
         }
@@ -58,11 +116,19 @@ impl Control {
         })
     }
 
-    pub fn sandboxes(&self) -> SandboxServiceClient<Channel> {
-        SandboxServiceClient::new(self.channel.clone())
+    fn chan(&self) -> Chan {
+        InterceptedService::new(self.channel.clone(), self.credentials.clone())
     }
 
-    pub fn cluster(&self) -> ClusterServiceClient<Channel> {
-        ClusterServiceClient::new(self.channel.clone())
+    pub fn sandboxes(&self) -> SandboxServiceClient<Chan> {
+        SandboxServiceClient::new(self.chan())
+    }
+
+    pub fn cluster(&self) -> ClusterServiceClient<Chan> {
+        ClusterServiceClient::new(self.chan())
+    }
+
+    pub fn access(&self) -> AccessServiceClient<Chan> {
+        AccessServiceClient::new(self.chan())
     }
 }

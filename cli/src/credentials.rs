@@ -5,6 +5,9 @@
 //! control nodes must present `server.<cluster>.berth`, the cluster read
 //! from the same directory (`berth` when unknown). Without a CA anywhere,
 //! plaintext: a cluster started with `--insecure`.
+//!
+//! The API token comes from `--token` (`BERTH_TOKEN`), else from
+//! `$BERTH_HOME/token`, which `berth up` writes.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +15,27 @@ use berth_tls::{CertDir, Identity};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
 
 use crate::Failure;
+
+/// The file `berth up` writes the cluster's bootstrap token to (mode 0600).
+pub fn token_file(home: &Path) -> PathBuf {
+    home.join("token")
+}
+
+/// The API token: `--token` (`BERTH_TOKEN`), else `$BERTH_HOME/token`.
+pub fn token(flag: Option<&str>, home: &Path) -> Result<Option<String>, Failure> {
+    if let Some(token) = flag {
+        return Ok(Some(token.trim().to_string()));
+    }
+    let path = token_file(home);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::usage(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
 
 /// The directory `berth up` keeps its CA and certificates in.
 pub fn tls_dir(home: &Path) -> PathBuf {

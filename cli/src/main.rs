@@ -2,8 +2,11 @@
 //! `berth up`/`berth down` for a local cluster.
 //!
 //! Every failure prints one `error: ...` line and exits non-zero: 2 for bad
-//! input, 3 not found, 4 already exists, 5 unavailable, 1 otherwise.
+//! input, 3 not found, 4 already exists, 5 unavailable, 6 not
+//! authenticated (no, a bad, revoked or expired credential), 7 permission
+//! denied, 8 over quota, 1 otherwise.
 
+mod access;
 mod certs;
 mod client;
 mod credentials;
@@ -18,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::Control;
+use crate::client::{Control, Credentials};
 use crate::output::Format;
 
 /// Default control addresses: the nodes `berth up` starts.
@@ -53,6 +56,12 @@ struct Cli {
     /// The key of --cert.
     #[arg(long, global = true, env = "BERTH_KEY")]
     key: Option<PathBuf>,
+    /// API token (default: the one `berth up` wrote under $BERTH_HOME).
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Act in this tenant (platform admins only; default: your token's).
+    #[arg(long, global = true, env = "BERTH_TENANT")]
+    as_tenant: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +83,14 @@ enum Command {
     /// A cluster CA and the certificates it issues.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// Tenants and their quotas.
+    #[command(subcommand)]
+    Tenant(access::TenantCommand),
+    /// Who your credential says you are.
+    Whoami,
     /// Start a local cluster in the background.
     Up {
         /// Number of control nodes.
@@ -166,6 +183,9 @@ impl From<tonic::Status> for Failure {
             tonic::Code::NotFound => 3,
             tonic::Code::AlreadyExists => 4,
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => 5,
+            tonic::Code::Unauthenticated => 6,
+            tonic::Code::PermissionDenied => 7,
+            tonic::Code::ResourceExhausted => 8,
             _ => 1,
         };
         let message = status.message().lines().next().unwrap_or("").to_string();
@@ -173,6 +193,12 @@ impl From<tonic::Status> for Failure {
             format!("{:?}", status.code())
         } else {
             message
+        };
+        let message = match status.code() {
+            tonic::Code::Unauthenticated => format!("not authenticated: {message}"),
+            tonic::Code::PermissionDenied => format!("permission denied: {message}"),
+            tonic::Code::ResourceExhausted => format!("over quota: {message}"),
+            _ => message,
         };
         Self { message, code }
     }
@@ -187,9 +213,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         cli.key.as_deref(),
         &home,
     )?;
+    let token = credentials::token(cli.token.as_deref(), &home)?;
+    let creds = Credentials::new(token.as_deref(), cli.as_tenant.as_deref())?;
     match cli.command {
         Command::Cluster(command) => {
-            let control = Control::connect(&cli.control, tls.as_ref()).await?;
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
             let mut client = control.cluster();
             let status = match command {
                 ClusterCommand::Status => {
@@ -212,16 +240,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Sandbox(command) => {
-            let control = Control::connect(&cli.control, tls.as_ref()).await?;
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
             sandbox::run(control, cli.output, command).await
         }
         Command::Certs(command) => certs::run(cli.output, command),
+        Command::Token(command) => {
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
+            access::token(control, cli.output, command).await
+        }
+        Command::Tenant(command) => {
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
+            access::tenant(control, cli.output, command).await
+        }
+        Command::Whoami => {
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
+            access::whoami(control, cli.output).await
+        }
         Command::Volume(command) => {
-            let control = Control::connect(&cli.control, tls.as_ref()).await?;
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
             volume::run(control, cli.output, command).await
         }
         Command::Node(NodeCommand::Replace { name }) => {
-            let control = Control::connect(&cli.control, tls.as_ref()).await?;
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
             let agent = control
                 .cluster()
                 .replace_node(berth_proto::v1::ReplaceNodeRequest { name })
@@ -237,7 +277,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Node(NodeCommand::List) => {
-            let control = Control::connect(&cli.control, tls.as_ref()).await?;
+            let control = Control::connect(&cli.control, tls.as_ref(), &creds).await?;
             let agents = control
                 .cluster()
                 .list_agents(berth_proto::v1::ListAgentsRequest {})

@@ -7,12 +7,12 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::Chan;
 use berth_proto::v1::sandbox_service_client::SandboxServiceClient;
 use berth_proto::v1::{
     ListRevisionsRequest, Operation, OperationPhase, RollbackSandboxRequest, UpdateSandboxRequest,
     WatchSandboxRequest,
 };
-use tonic::transport::Channel;
 
 use crate::client::request_id;
 use crate::output::{self, Format};
@@ -130,7 +130,7 @@ fn print_operation(format: Format, op: &Operation) {
 }
 
 pub async fn update(
-    client: &mut SandboxServiceClient<Channel>,
+    client: &mut SandboxServiceClient<Chan>,
     format: Format,
     args: UpdateArgs,
 ) -> Result<u8, Failure> {
@@ -157,7 +157,7 @@ pub async fn update(
 }
 
 pub async fn rollback(
-    client: &mut SandboxServiceClient<Channel>,
+    client: &mut SandboxServiceClient<Chan>,
     format: Format,
     name: String,
     to_revision: Option<u64>,
@@ -186,7 +186,7 @@ pub async fn rollback(
 
 /// Follows `op` until it is terminal; 0 if it ends in one of `success`.
 async fn wait(
-    client: &mut SandboxServiceClient<Channel>,
+    client: &mut SandboxServiceClient<Chan>,
     format: Format,
     op: &Operation,
     success: &[OperationPhase],
@@ -265,7 +265,7 @@ async fn wait(
 }
 
 pub async fn history(
-    client: &mut SandboxServiceClient<Channel>,
+    client: &mut SandboxServiceClient<Chan>,
     format: Format,
     name: String,
 ) -> Result<u8, Failure> {

@@ -1,5 +1,5 @@
 //! Rendering answers as aligned tables (default) or JSON (`-o json`).
-//! JSON keys are part of the CLI's interface: sandboxes have `name`, `uid`,
+//! JSON keys are part of the CLI's interface: sandboxes have `name`, `tenant`, `uid`,
 //! `image`, `policy`, `env`, `revision`, `phase`, `message`, `created_at_unix_ms`;
 //! cluster status has `leader`, `term`, `members` (`id`, `addr`, `role`).
 
@@ -42,6 +42,7 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
         .collect();
     json!({
         "name": s.name,
+        "tenant": s.tenant,
         "uid": s.uid,
         "image": spec.image,
         "policy": spec.policy,

@@ -272,9 +272,7 @@ fn write_all(out: &mut impl Write, bytes: &[u8]) {
 }
 
 async fn wait_until_gone(
-    client: &mut berth_proto::v1::sandbox_service_client::SandboxServiceClient<
-        tonic::transport::Channel,
-    >,
+    client: &mut berth_proto::v1::sandbox_service_client::SandboxServiceClient<crate::client::Chan>,
     name: &str,
 ) -> Result<(), Failure> {
     let deadline = Instant::now() + DELETE_WAIT;

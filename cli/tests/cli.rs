@@ -6,56 +6,13 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use berth_testkit::{bin_path, TestCluster};
 use serde_json::Value;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// `berth --control CONTROL ARGS` with no credentials (plaintext).
-fn berth(control: &str, args: &[&str]) -> Run {
-    berth_home(
-        std::path::Path::new("/nonexistent-berth-home"),
-        control,
-        args,
-    )
-}
-
-/// `berth --control CONTROL ARGS` with the credentials `berth up` left in
-/// `home`.
-fn berth_home(home: &std::path::Path, control: &str, args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(bin_path("berth"))
-        .arg("--control")
-        .arg(control)
-        .args(args)
-        .env_remove("BERTH_CONTROL")
-        .env_remove("BERTH_CA")
-        .env_remove("BERTH_CERT")
-        .env_remove("BERTH_KEY")
-        .env("BERTH_HOME", home)
-        .output()
-        .expect("run berth");
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-fn json(run: &Run) -> Value {
-    assert_eq!(run.code, 0, "berth failed: {}", run.stderr);
-    serde_json::from_str(run.stdout.trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", run.stdout))
-}
+mod common;
+use common::{berth, berth_home, free_base_port, json, Down, Run};
 
 /// Asserts a one-line error with the given exit code and message fragment.
 fn assert_refused(run: &Run, code: i32, fragment: &str) {
@@ -321,36 +278,6 @@ async fn no_quorum_is_unavailable_and_no_control_node_is_a_clear_error() -> anyh
     let run = berth(&control, &["sandbox", "list"]);
     assert_refused(&run, 5, "no control node reachable");
     Ok(())
-}
-
-fn free_base_port() -> u16 {
-    // Three consecutive free ports, probed rather than assumed.
-    for _ in 0..50 {
-        let Ok(port) = berth_testkit::free_port() else {
-            continue;
-        };
-        if port > 60000 {
-            continue;
-        }
-        let all_free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok());
-        if all_free {
-            return port;
-        }
-    }
-    panic!("no three consecutive free ports")
-}
-
-/// Stops the local cluster even when the test fails.
-struct Down<'a>(&'a std::path::Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(bin_path("berth"))
-            .arg("down")
-            .arg("--home")
-            .arg(self.0)
-            .output();
-    }
 }
 
 #[test]

@@ -61,6 +61,7 @@ impl From<ApiError> for Status {
                 NodeError::NotFound(msg) => Status::not_found(msg),
                 NodeError::AlreadyExists(msg) => Status::already_exists(msg),
                 NodeError::FailedPrecondition(msg) => Status::failed_precondition(msg),
+                NodeError::ResourceExhausted(msg) => Status::resource_exhausted(msg),
                 NodeError::Internal(msg) => {
                     tracing::error!(error = %msg, "internal error");
                     Status::internal("internal error; see the control node's log")

@@ -6,6 +6,7 @@
 
 mod agent_client;
 mod api;
+mod auth;
 mod bootstrap;
 mod chaos;
 mod clock;
@@ -19,6 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use auth::chain::Chain;
+use auth::layer::Admission;
 use berth_raft::{NodeConfig, RaftNode};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
@@ -140,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         berth_proto::dial::set_source_ip(ip).map_err(anyhow::Error::msg)?;
     }
     if args.insecure {
-        tracing::warn!("--insecure: no TLS; anyone who can reach this port can act as a control node, an agent or a client");
+        tracing::warn!("--insecure: no TLS and no authentication; anyone who can reach this port can act as a control node, an agent or a platform admin");
     } else if args.tls_cert.is_none() {
         bail!("berthd serves TLS only unless told otherwise: pass --tls-ca, --tls-cert and --tls-key (`berth certs` makes them), or --insecure to run without TLS");
     }
@@ -182,12 +185,20 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "berthd serving");
     let leadership = leader::Leadership::watch(node.clone());
+    let admission = match berth_proto::dial::tls() {
+        Some((_, berth_tls::Identity::Server { cluster })) => {
+            tokio::spawn(auth::bootstrap::run(node.clone(), args.data_dir.clone()));
+            Admission::Checked(Chain::standard(node.clone(), cluster.clone()))
+        }
+        _ => Admission::Insecure,
+    };
     let server = tokio::spawn(server::serve(
         node.clone(),
         leadership,
         listener,
         shutdown_signal(),
         args.keep_revisions,
+        admission,
     ));
 
     if node.is_initialized().await? {

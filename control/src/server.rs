@@ -1,26 +1,27 @@
 //! Serves every gRPC service of a control node on one address: the public
 //! `berth.v1` API, the internal Raft transport, health and reflection.
 //! With TLS material, the port speaks TLS only; a client certificate is
-//! optional at the handshake (API clients may use a token) and required,
-//! naming this cluster's servers, by the Raft transport: an agent's or a
-//! client's certificate from the same CA may not speak Raft.
+//! optional at the handshake (API clients may use a token). Every call then
+//! passes the auth layer (`crate::auth`): the Raft transport admits only
+//! this cluster's servers, the agent session only agents, the API only
+//! clients whose role the method's entry in the table allows.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::api::{AccessApi, AgentSessions, ClusterApi, SandboxApi};
+use crate::auth::layer::{Admission, AuthLayer};
+use crate::leader::Leadership;
 use anyhow::Context;
 use berth_proto::agent_v1::agent_control_server::AgentControlServer;
 use berth_proto::raft_v1::raft_service_server::RaftServiceServer;
+use berth_proto::v1::access_service_server::AccessServiceServer;
 use berth_proto::v1::cluster_service_server::ClusterServiceServer;
 use berth_proto::v1::sandbox_service_server::SandboxServiceServer;
 use berth_raft::network::server::RaftServer;
 use berth_raft::RaftNode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::interceptor::InterceptedService;
-
-use crate::api::{AgentSessions, ClusterApi, SandboxApi};
-use crate::leader::Leadership;
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -31,6 +32,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     keep_revisions: u32,
+    admission: Admission,
 ) -> anyhow::Result<()> {
     let tls = berth_proto::dial::tls();
     let mut builder = tonic::transport::Server::builder();
@@ -42,10 +44,6 @@ pub async fn serve(
     let raft = RaftServiceServer::new(RaftServer::new(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let raft = InterceptedService::new(
-        raft,
-        berth_tls::only(tls.map(|(_, own)| own.clone()), "the Raft transport"),
-    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<SandboxServiceServer<SandboxApi>>()
@@ -60,6 +58,7 @@ pub async fn serve(
         .context("build reflection service")?;
 
     builder
+        .layer(AuthLayer::new(admission))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(SandboxServiceServer::new(SandboxApi::new(
@@ -70,6 +69,7 @@ pub async fn serve(
             node.clone(),
             leadership.clone(),
         )))
+        .add_service(AccessServiceServer::new(AccessApi::new(node.clone())))
         .add_service(AgentControlServer::new(AgentSessions::new(
             node.clone(),
             leadership,

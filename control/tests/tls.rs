@@ -13,11 +13,21 @@ use berth_proto::raft_v1::raft_service_client::RaftServiceClient;
 use berth_proto::raft_v1::RaftPayload;
 use berth_proto::v1::{CreateSandboxRequest, GetSandboxRequest, SandboxSpec};
 use berth_testkit::TestCluster;
-use berth_tls::{CertDir, Identity, Kind, Material};
+use berth_tls::{CertDir, ClientGrant, Identity, Kind, Material};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 fn material(ca: &CertDir, kind: Kind, name: &str) -> Material {
     let issued = ca.issue(kind, name, &["127.0.0.1".into()], 1).unwrap();
+    Material::load(&ca.ca_cert(), &issued.cert, &issued.key).unwrap()
+}
+
+/// A client certificate that is a credential: `role` in `tenant`.
+fn granted(ca: &CertDir, name: &str, tenant: &str, role: &str) -> Material {
+    let grant = ClientGrant {
+        tenant: tenant.into(),
+        role: role.into(),
+    };
+    let issued = ca.issue_client(name, &grant, &[], 1).unwrap();
     Material::load(&ca.ca_cert(), &issued.cert, &issued.key).unwrap()
 }
 
@@ -66,7 +76,7 @@ async fn control_nodes_replicate_over_mutual_tls_and_refuse_other_identities() -
     let server_id = Identity::Server {
         cluster: "prod".into(),
     };
-    let tests = material(&ca, Kind::Client, "tests");
+    let tests = granted(&ca, "tests", "default", "platform-admin");
     let mut cluster = TestCluster::start_tls(3, &args, tests.client(&server_id)).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
 
@@ -116,18 +126,23 @@ async fn control_nodes_replicate_over_mutual_tls_and_refuse_other_identities() -
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    // An agent's or a client's certificate from the same CA may not.
-    for (kind, name) in [(Kind::Agent, "worker-1"), (Kind::Client, "ops")] {
-        let other = material(&ca, kind, name);
+    // An agent's certificate, or a client's (even a platform admin's),
+    // from the same CA may not.
+    for other in [
+        material(&ca, Kind::Agent, "worker-1"),
+        granted(&ca, "ops", "default", "platform-admin"),
+    ] {
         let err = raft_vote(&addr, Some(other.client(&server_id)))
             .await
             .unwrap_err();
-        assert_eq!(
-            err.code(),
-            tonic::Code::PermissionDenied,
-            "{kind:?}: {err:?}"
-        );
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     }
+    // A client certificate that grants nothing proves nothing.
+    let bare = material(&ca, Kind::Client, "bare");
+    let err = raft_vote(&addr, Some(bare.client(&server_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     // No certificate at all.
     let anonymous = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca.ca_cert())?))
@@ -186,7 +201,7 @@ async fn agents_speak_mutual_tls_as_their_own_node_only() -> anyhow::Result<()> 
     let server_id = Identity::Server {
         cluster: "prod".into(),
     };
-    let tests = material(&ca, Kind::Client, "tests");
+    let tests = granted(&ca, "tests", "default", "platform-admin");
     let mut cluster = TestCluster::start_tls(3, &node_args, tests.client(&server_id)).await?;
 
     // An agent with its own node's certificate: Ready, runs a sandbox, and

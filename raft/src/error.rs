@@ -29,6 +29,9 @@ pub enum NodeError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Over a tenant's quota; the message has the figures.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A command proposed for a leadership term that is not the term of
     /// the log entry carrying it: a deposed leader's actor. Never applied.
     #[error("stale leadership term: {0}")]
@@ -46,6 +49,7 @@ impl From<Rejection> for NodeError {
             RejectionKind::FailedPrecondition => NodeError::FailedPrecondition(r.message),
             RejectionKind::InvalidArgument => NodeError::InvalidArgument(r.message),
             RejectionKind::StaleTerm => NodeError::StaleTerm(r.message),
+            RejectionKind::ResourceExhausted => NodeError::ResourceExhausted(r.message),
         }
     }
 }

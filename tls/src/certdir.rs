@@ -15,7 +15,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::{io, Identity, TlsError};
+use crate::{io, ClientGrant, Identity, TlsError};
 
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
@@ -159,6 +159,30 @@ impl CertDir {
         extra_sans: &[String],
         days: u32,
     ) -> Result<Issued, TlsError> {
+        self.issue_with(kind, name, extra_sans, days, None)
+    }
+
+    /// A client certificate that grants `grant` (its tenant and role, as
+    /// the subject's organization and organizational unit, the way
+    /// Kubernetes reads groups from client certificates).
+    pub fn issue_client(
+        &self,
+        name: &str,
+        grant: &ClientGrant,
+        extra_sans: &[String],
+        days: u32,
+    ) -> Result<Issued, TlsError> {
+        self.issue_with(Kind::Client, name, extra_sans, days, Some(grant))
+    }
+
+    fn issue_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        extra_sans: &[String],
+        days: u32,
+        grant: Option<&ClientGrant>,
+    ) -> Result<Issued, TlsError> {
         Identity::check_name(name)?;
         if days == 0 {
             return Err(TlsError::Invalid(
@@ -171,6 +195,16 @@ impl CertDir {
         sans.extend(extra_sans.iter().cloned());
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name = common_name(&identity.dns_name());
+        if let Some(grant) = grant {
+            Identity::check_name(&grant.tenant)?;
+            Identity::check_name(&grant.role)?;
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, grant.tenant.as_str());
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, grant.role.as_str());
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match kind {
             Kind::Server | Kind::Agent => vec![

@@ -136,3 +136,25 @@ mod tests {
         }
     }
 }
+
+/// What a client certificate grants: a tenant and a role, carried as the
+/// subject's organization (O) and organizational unit (OU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientGrant {
+    pub tenant: String,
+    pub role: String,
+}
+
+impl ClientGrant {
+    /// The grant of a DER certificate, if its subject has both parts.
+    pub fn of_certificate(der: &[u8]) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let subject = cert.subject();
+        let tenant = subject.iter_organization().next()?.as_str().ok()?;
+        let role = subject.iter_organizational_unit().next()?.as_str().ok()?;
+        Some(ClientGrant {
+            tenant: tenant.to_string(),
+            role: role.to_string(),
+        })
+    }
+}

@@ -11,8 +11,8 @@ mod identity;
 mod settings;
 
 pub use certdir::{CertDir, Issued, Kind};
-pub use identity::Identity;
-pub use settings::{only, peer_identities, Material};
+pub use identity::{ClientGrant, Identity};
+pub use settings::{only, peer_certificate_in, peer_identities, peer_identities_in, Material};
 
 /// What can go wrong with certificates.
 #[derive(Debug, thiserror::Error)]

@@ -116,6 +116,23 @@ pub fn peer_identities<T>(request: &tonic::Request<T>) -> Vec<Identity> {
         .unwrap_or_default()
 }
 
+/// [`peer_identities`] of a request not yet decoded (a tower layer's view:
+/// the connection info tonic stores in the HTTP request's extensions).
+pub fn peer_identities_in(extensions: &tonic::codegen::http::Extensions) -> Vec<Identity> {
+    peer_certificate_in(extensions)
+        .and_then(|der| Identity::of_certificate(&der).ok())
+        .unwrap_or_default()
+}
+
+/// The DER certificate the peer presented, from a request's extensions.
+pub fn peer_certificate_in(extensions: &tonic::codegen::http::Extensions) -> Option<Vec<u8>> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

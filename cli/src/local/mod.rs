@@ -9,6 +9,7 @@
 
 mod demo_image;
 mod tls;
+mod token;
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -22,7 +23,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tonic::transport::ClientTlsConfig;
 
-use crate::client::Control;
+use crate::client::{Control, Credentials};
 use crate::Failure;
 
 const STATE_FILE: &str = "cluster.json";
@@ -163,7 +164,29 @@ pub async fn up(
 
     let control: Vec<&str> = addrs.iter().map(|(_, a)| a.as_str()).collect();
     let control = control.join(",");
-    let leader = wait_for_leader(&control, client_tls.as_ref(), Duration::from_secs(30)).await?;
+    let credentials = if secure {
+        let dirs: Vec<PathBuf> = addrs
+            .iter()
+            .map(|(id, _)| home.join(format!("node-{id}")))
+            .collect();
+        token::adopt(
+            &home,
+            &dirs,
+            &control,
+            client_tls.as_ref(),
+            Duration::from_secs(30),
+        )
+        .await?
+    } else {
+        Credentials::default()
+    };
+    let leader = wait_for_leader(
+        &control,
+        client_tls.as_ref(),
+        &credentials,
+        Duration::from_secs(30),
+    )
+    .await?;
     if with_agent {
         demo_image::ensure_demo_images(&home)?;
         let addr = format!("127.0.0.1:{}", u32::from(base_port) + 100);
@@ -194,7 +217,13 @@ pub async fn up(
             log,
         });
         write_state(&home, &state)?;
-        wait_for_agent(&control, client_tls.as_ref(), Duration::from_secs(60)).await?;
+        wait_for_agent(
+            &control,
+            client_tls.as_ref(),
+            &credentials,
+            Duration::from_secs(60),
+        )
+        .await?;
     }
     println!("berth: local cluster of {nodes} control node(s) is up; leader is node {leader}");
     for node in &state.nodes {
@@ -215,11 +244,17 @@ pub async fn up(
         );
     }
     match &pki {
-        Some(pki) => println!(
-            "  TLS: every link is mutual TLS; CA and certificates in {}",
-            pki.dir().display()
-        ),
-        None => println!("  TLS: off (--insecure)"),
+        Some(pki) => {
+            println!(
+                "  TLS: every link is mutual TLS; CA and certificates in {}",
+                pki.dir().display()
+            );
+            println!(
+                "  API token: platform admin, in {} (the CLI reads it from there)",
+                crate::credentials::token_file(&home).display()
+            );
+        }
+        None => println!("  TLS and authentication: off (--insecure)"),
     }
     println!();
     println!("Try:");
@@ -252,11 +287,12 @@ fn write_state(home: &Path, state: &LocalCluster) -> Result<(), Failure> {
 async fn wait_for_agent(
     control: &str,
     tls: Option<&ClientTlsConfig>,
+    credentials: &Credentials,
     timeout: Duration,
 ) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(c) = Control::connect(control, tls).await {
+        if let Ok(c) = Control::connect(control, tls, credentials).await {
             let request = berth_proto::v1::ListAgentsRequest {};
             if let Ok(list) = c.cluster().list_agents(request).await {
                 if list
@@ -282,11 +318,12 @@ async fn wait_for_agent(
 async fn wait_for_leader(
     control: &str,
     tls: Option<&ClientTlsConfig>,
+    credentials: &Credentials,
     timeout: Duration,
 ) -> Result<u64, Failure> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(c) = Control::connect(control, tls).await {
+        if let Ok(c) = Control::connect(control, tls, credentials).await {
             if let Ok(status) = c.cluster().get_status(GetStatusRequest {}).await {
                 let leader = status.into_inner().leader_id;
                 if leader != 0 {

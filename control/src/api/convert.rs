@@ -1,6 +1,7 @@
 //! Conversions between replicated records and `berth.v1` messages.
 
 use berth_proto::v1;
+use berth_raft::model::auth::split_key;
 use berth_raft::model::update::UpdatePhase;
 use berth_raft::model::{Operation, Revision};
 use berth_raft::{Desired, Phase, SandboxRecord, SandboxSpec};
@@ -32,9 +33,12 @@ pub fn spec_from_proto(spec: v1::SandboxSpec) -> SandboxSpec {
     }
 }
 
+/// The record as its tenant sees it: the key split into tenant and name.
 pub fn sandbox_to_proto(record: &SandboxRecord) -> v1::Sandbox {
+    let (tenant, name) = split_key(&record.name);
     v1::Sandbox {
-        name: record.name.clone(),
+        name: name.to_string(),
+        tenant: tenant.to_string(),
         uid: record.uid.clone(),
         spec: Some(spec_to_proto(&record.spec)),
         revision: record.revision,
@@ -53,7 +57,7 @@ pub fn sandbox_to_proto(record: &SandboxRecord) -> v1::Sandbox {
         operation: record
             .operation
             .as_ref()
-            .map(|op| operation_to_proto(&record.name, op)),
+            .map(|op| operation_to_proto(name, op)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! `berth.v1.ClusterService`. Handlers validate, then go through
 //! [`berth_raft::RaftNode`]; they hold no state of their own.
 
+mod access;
 mod agent_session;
 mod cluster;
 mod convert;
@@ -10,6 +11,7 @@ mod operations;
 mod sandbox;
 mod volumes;
 
+pub use access::AccessApi;
 pub use agent_session::AgentSessions;
 pub use cluster::ClusterApi;
 pub use sandbox::SandboxApi;

@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::validate::{
     client_proposal, validate_env, validate_image, validate_name, validate_policy,
 };
+use berth_raft::model::auth::split_key;
 
 /// Upper bounds that keep a mistyped duration from parking an update.
 const MAX_HEALTH_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
@@ -50,7 +51,7 @@ fn operation_of(response: CommandResponse) -> Result<Operation, ApiError> {
         CommandResponse::Sandbox { record } => record
             .operation
             .as_ref()
-            .map(|op| operation_to_proto(&record.name, op))
+            .map(|op| operation_to_proto(split_key(&record.name).1, op))
             .ok_or_else(|| {
                 NodeError::Internal("operation missing after commit".to_string()).into()
             }),
@@ -58,8 +59,8 @@ fn operation_of(response: CommandResponse) -> Result<Operation, ApiError> {
     }
 }
 
+/// `name` is a key ([`crate::auth::scope::Scope::key`]).
 async fn read(node: &RaftNode, name: &str) -> Result<SandboxRecord, ApiError> {
-    validate_name(name)?;
     node.read_barrier().await?;
     let state = node.state().read();
     state
@@ -153,7 +154,7 @@ pub async fn get_operation(
     record
         .operation
         .as_ref()
-        .map(|op| operation_to_proto(&record.name, op))
+        .map(|op| operation_to_proto(split_key(&record.name).1, op))
         .ok_or_else(|| {
             ApiError::NotFound(format!(
                 "sandbox {:?} has had no update or rollback",

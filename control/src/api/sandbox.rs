@@ -21,11 +21,11 @@ use tonic::{Request, Response, Status};
 use super::convert::{sandbox_to_proto, spec_from_proto};
 use super::data_plane::{self, BoxStream};
 use super::{operations, volumes};
+use crate::auth::scope::Scope;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::validate::{
-    client_proposal, validate_env, validate_image, validate_name, validate_policy,
-    validate_volume_name,
+    client_proposal, validate_env, validate_image, validate_policy, validate_volume_name,
 };
 
 pub struct SandboxApi {
@@ -56,8 +56,8 @@ impl SandboxApi {
         }
     }
 
+    /// `request.name` is already a key ([`Scope::key`]).
     async fn create(&self, request: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
-        validate_name(&request.name)?;
         let spec = request
             .spec
             .ok_or_else(|| ApiError::Invalid("spec is required".to_string()))?;
@@ -89,7 +89,6 @@ impl SandboxApi {
     }
 
     async fn get(&self, request: GetSandboxRequest) -> Result<Sandbox, ApiError> {
-        validate_name(&request.name)?;
         self.read_point(request.consistency).await?;
         let state = self.node.state().read();
         state
@@ -101,11 +100,20 @@ impl SandboxApi {
             })
     }
 
-    async fn list(&self, request: ListSandboxesRequest) -> Result<ListSandboxesResponse, ApiError> {
+    async fn list(
+        &self,
+        scope: &Scope,
+        request: ListSandboxesRequest,
+    ) -> Result<ListSandboxesResponse, ApiError> {
         self.read_point(request.consistency).await?;
         let state = self.node.state().read();
         Ok(ListSandboxesResponse {
-            sandboxes: state.table.iter().map(sandbox_to_proto).collect(),
+            sandboxes: state
+                .table
+                .iter()
+                .filter(|r| scope.sees(&r.name))
+                .map(sandbox_to_proto)
+                .collect(),
         })
     }
 
@@ -113,7 +121,6 @@ impl SandboxApi {
         &self,
         request: DeleteSandboxRequest,
     ) -> Result<DeleteSandboxResponse, ApiError> {
-        validate_name(&request.name)?;
         let command = Command::DeleteSandbox {
             name: request.name,
             keep_volume: request.keep_volume,
@@ -134,7 +141,6 @@ impl SandboxApi {
         desired: Desired,
         request_id: String,
     ) -> Result<Sandbox, ApiError> {
-        validate_name(&name)?;
         let proposal = client_proposal(Command::SetDesired { name, desired }, request_id)?;
         match self.node.propose(proposal).await? {
             CommandResponse::Sandbox { record } => Ok(sandbox_to_proto(&record)),
@@ -158,7 +164,10 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<CreateSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
-        let sandbox = self.create(request.into_inner()).await?;
+        let scope = Scope::of(&request)?;
+        let mut request = request.into_inner();
+        request.name = scope.key(&request.name)?;
+        let sandbox = self.create(request).await?;
         tracing::info!(uid = %sandbox.uid, "sandbox created");
         Ok(Response::new(sandbox))
     }
@@ -167,14 +176,20 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<GetSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
-        Ok(Response::new(self.get(request.into_inner()).await?))
+        let scope = Scope::of(&request)?;
+        let mut request = request.into_inner();
+        request.name = scope.key(&request.name)?;
+        Ok(Response::new(self.get(request).await?))
     }
 
     async fn list_sandboxes(
         &self,
         request: Request<ListSandboxesRequest>,
     ) -> Result<Response<ListSandboxesResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        let scope = Scope::of(&request)?;
+        Ok(Response::new(
+            self.list(&scope, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
@@ -182,7 +197,10 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<DeleteSandboxRequest>,
     ) -> Result<Response<DeleteSandboxResponse>, Status> {
-        let response = self.delete(request.into_inner()).await?;
+        let scope = Scope::of(&request)?;
+        let mut request = request.into_inner();
+        request.name = scope.key(&request.name)?;
+        let response = self.delete(request).await?;
         tracing::info!("sandbox deleted");
         Ok(Response::new(response))
     }
@@ -192,7 +210,9 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<StopSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
+        let scope = Scope::of(&request)?;
         let StopSandboxRequest { name, request_id } = request.into_inner();
+        let name = scope.key(&name)?;
         let sandbox = self.set_desired(name, Desired::Stopped, request_id).await?;
         tracing::info!("sandbox stop requested");
         Ok(Response::new(sandbox))
@@ -203,7 +223,9 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<StartSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
+        let scope = Scope::of(&request)?;
         let StartSandboxRequest { name, request_id } = request.into_inner();
+        let name = scope.key(&name)?;
         let sandbox = self.set_desired(name, Desired::Running, request_id).await?;
         tracing::info!("sandbox start requested");
         Ok(Response::new(sandbox))
@@ -213,8 +235,9 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<ExecSandboxRequest>,
     ) -> Result<Response<Self::ExecSandboxStream>, Status> {
+        let scope = Scope::of(&request)?;
         let ExecSandboxRequest { name, command } = request.into_inner();
-        validate_name(&name)?;
+        let name = scope.key(&name)?;
         Ok(Response::new(
             data_plane::exec(&self.node, &name, command).await?,
         ))
@@ -224,8 +247,9 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<SandboxLogsRequest>,
     ) -> Result<Response<Self::SandboxLogsStream>, Status> {
+        let scope = Scope::of(&request)?;
         let SandboxLogsRequest { name, follow } = request.into_inner();
-        validate_name(&name)?;
+        let name = scope.key(&name)?;
         Ok(Response::new(
             data_plane::logs(&self.node, &name, follow).await?,
         ))
@@ -235,8 +259,8 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<WatchSandboxRequest>,
     ) -> Result<Response<Self::WatchSandboxStream>, Status> {
-        let name = request.into_inner().name;
-        validate_name(&name)?;
+        let scope = Scope::of(&request)?;
+        let name = scope.key(&request.into_inner().name)?;
         Ok(Response::new(
             data_plane::watch(self.node.clone(), name).await?,
         ))
@@ -247,7 +271,10 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<UpdateSandboxRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let op = operations::update(&self.node, request.into_inner(), self.keep_revisions).await?;
+        let scope = Scope::of(&request)?;
+        let mut request = request.into_inner();
+        request.name = scope.key(&request.name)?;
+        let op = operations::update(&self.node, request, self.keep_revisions).await?;
         tracing::info!(operation = %op.id, to = op.to_revision, "update started");
         Ok(Response::new(op))
     }
@@ -257,7 +284,10 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<RollbackSandboxRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let op = operations::rollback(&self.node, request.into_inner()).await?;
+        let scope = Scope::of(&request)?;
+        let mut request = request.into_inner();
+        request.name = scope.key(&request.name)?;
+        let op = operations::rollback(&self.node, request).await?;
         tracing::info!(operation = %op.id, to = op.to_revision, "rollback requested");
         Ok(Response::new(op))
     }
@@ -266,8 +296,11 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let scope = Scope::of(&request)?;
+        let mut request = request.into_inner();
+        request.name = scope.key(&request.name)?;
         Ok(Response::new(
-            operations::get_operation(&self.node, request.into_inner()).await?,
+            operations::get_operation(&self.node, request).await?,
         ))
     }
 
@@ -275,16 +308,20 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<ListRevisionsRequest>,
     ) -> Result<Response<ListRevisionsResponse>, Status> {
+        let scope = Scope::of(&request)?;
+        let mut request = request.into_inner();
+        request.name = scope.key(&request.name)?;
         Ok(Response::new(
-            operations::list_revisions(&self.node, request.into_inner()).await?,
+            operations::list_revisions(&self.node, request).await?,
         ))
     }
 
     async fn list_volumes(
         &self,
-        _request: Request<ListVolumesRequest>,
+        request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
-        Ok(Response::new(volumes::list(&self.node).await?))
+        let scope = Scope::of(&request)?;
+        Ok(Response::new(volumes::list(&self.node, &scope).await?))
     }
 
     #[tracing::instrument(skip_all, fields(volume = %request.get_ref().volume))]
@@ -292,7 +329,8 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<DeleteVolumeRequest>,
     ) -> Result<Response<KeptVolume>, Status> {
-        let volume = volumes::delete(&self.node, request.into_inner()).await?;
+        let scope = Scope::of(&request)?;
+        let volume = volumes::delete(&self.node, &scope, request.into_inner()).await?;
         tracing::info!("kept volume deletion requested");
         Ok(Response::new(volume))
     }

@@ -12,6 +12,7 @@ use berth_proto::v1::{DeleteVolumeRequest, KeptVolume, ListVolumesResponse};
 use berth_raft::model::KeptVolume as KeptRecord;
 use berth_raft::{Command, CommandResponse, NodeError, RaftNode};
 
+use crate::auth::scope::Scope;
 use crate::error::ApiError;
 use crate::validate::{client_proposal, validate_volume_name};
 
@@ -46,13 +47,16 @@ async fn size_of(node: &str, addr: Option<String>, volume: &str) -> Option<u64> 
     tokio::time::timeout(SIZE_TIMEOUT, ask).await.ok().flatten()
 }
 
-pub async fn list(node: &RaftNode) -> Result<ListVolumesResponse, ApiError> {
+/// Kept volumes of the scope's tenant (every tenant's for a platform
+/// admin who named none).
+pub async fn list(node: &RaftNode, scope: &Scope) -> Result<ListVolumesResponse, ApiError> {
     node.read_barrier().await?;
     let kept: Vec<(KeptRecord, Option<String>)> = {
         let state = node.state().read();
         state
             .table
             .volumes()
+            .filter(|v| scope.sees(&v.sandbox))
             .map(|v| {
                 let addr = state.table.node(&v.node).map(|n| n.data_addr.clone());
                 (v.clone(), addr)
@@ -73,8 +77,25 @@ pub async fn list(node: &RaftNode) -> Result<ListVolumesResponse, ApiError> {
     })
 }
 
-pub async fn delete(node: &RaftNode, request: DeleteVolumeRequest) -> Result<KeptVolume, ApiError> {
+/// Another tenant's volume is not found.
+pub async fn delete(
+    node: &RaftNode,
+    scope: &Scope,
+    request: DeleteVolumeRequest,
+) -> Result<KeptVolume, ApiError> {
     validate_volume_name(&request.volume)?;
+    let theirs = node
+        .state()
+        .read()
+        .table
+        .volume(&request.volume)
+        .is_some_and(|v| !scope.sees(&v.sandbox));
+    if theirs {
+        return Err(ApiError::NotFound(format!(
+            "no kept volume {:?} (see `berth volume list`)",
+            request.volume
+        )));
+    }
     let command = Command::DeleteVolume {
         volume: request.volume,
     };

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::{Quota, TenantRecord, TokenRecord};
 use super::update::{UpdatePhase, UpdatePolicy};
 use super::{Desired, KeptVolume, NodeRecord, Phase, SandboxRecord, SandboxSpec};
 
@@ -122,6 +123,13 @@ pub enum Command {
         message: String,
         at_ms: i64,
     },
+    /// Record a new API token (its secret's hash only). A bootstrap token
+    /// is refused once one exists.
+    CreateToken { record: TokenRecord },
+    /// Revoke a token; it is refused on every node from this entry on.
+    RevokeToken { id: String, at_ms: i64 },
+    /// Set a tenant's quota (checked when sandboxes are created or updated).
+    SetQuota { tenant: String, quota: Quota },
 }
 
 /// What is proposed through Raft: a command plus the rules for applying it.
@@ -201,6 +209,9 @@ impl Command {
             Command::AdvanceOperation { name, .. } => ("advance", name),
             Command::SetNodeReady { name, .. } => ("node-ready", name),
             Command::SetOperationProgress { name, .. } => ("progress", name),
+            Command::CreateToken { record } => ("create-token", &record.id),
+            Command::RevokeToken { id, .. } => ("revoke-token", id),
+            Command::SetQuota { tenant, .. } => ("set-quota", tenant),
         };
         format!("{kind} {name}")
     }
@@ -226,6 +237,8 @@ pub enum RejectionKind {
     InvalidArgument,
     /// Proposed by an actor tree of another term than the entry's.
     StaleTerm,
+    /// Over the tenant's quota.
+    ResourceExhausted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +263,10 @@ pub enum CommandResponse {
     Volume { volume: KeptVolume },
     /// The kept volume was forgotten.
     VolumeForgotten { volume: String },
+    /// The token after the command.
+    Token { record: TokenRecord },
+    /// The tenant after the command.
+    Tenant { record: TenantRecord },
     /// The command was refused and changed nothing.
     Rejected { rejection: Rejection },
 }

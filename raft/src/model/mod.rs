@@ -2,6 +2,7 @@
 //! revisions and update operations, and the commands that change them. Pure and deterministic: `apply` never reads a
 //! clock or a random source; timestamps and ids travel inside the commands.
 
+pub mod auth;
 mod command;
 mod node;
 mod operation;
@@ -9,6 +10,7 @@ mod sandbox;
 mod state;
 pub mod update;
 
+pub use auth::{Quota, Role, TenantRecord, TokenRecord, Usage, DEFAULT_TENANT};
 pub use command::{
     Command, CommandResponse, Proposal, Rejection, RejectionKind, RequestRecord,
     MAX_REQUEST_ID_LEN, REQUEST_WINDOW,

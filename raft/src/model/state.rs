@@ -15,7 +15,7 @@ use super::command::RejectionKind::{
 use super::update::{on_operator, Admission, OperatorCommand};
 use super::{
     volume_name, Command, CommandResponse, Desired, KeptVolume, NodeRecord, Phase, Proposal,
-    RequestRecord, Revision, SandboxRecord, REQUEST_WINDOW,
+    RequestRecord, Revision, SandboxRecord, TenantRecord, TokenRecord, REQUEST_WINDOW,
 };
 
 /// Message of a sandbox that no node agent can take.
@@ -33,6 +33,8 @@ pub enum Change {
     DeleteRequest(String),
     PutVolume(KeptVolume),
     DeleteVolume(String),
+    PutToken(TokenRecord),
+    PutTenant(TenantRecord),
 }
 
 /// All sandboxes and nodes, by name, and the recent client request ids.
@@ -45,6 +47,10 @@ pub struct State {
     request_order: BTreeMap<u64, String>,
     /// Kept workspace volumes, by volume name.
     volumes: BTreeMap<String, KeptVolume>,
+    /// API tokens (hashes only), by id; revoked ones are kept.
+    tokens: BTreeMap<String, TokenRecord>,
+    /// Tenants with a quota, by name.
+    tenants: BTreeMap<String, TenantRecord>,
 }
 
 type Applied = (CommandResponse, Vec<Change>);
@@ -129,6 +135,8 @@ impl State {
             Change::DeleteVolume(v) => {
                 self.volumes.remove(v);
             }
+            Change::PutToken(t) => self.insert_token(t.clone()),
+            Change::PutTenant(t) => self.insert_tenant(t.clone()),
         }
     }
 
@@ -242,6 +250,9 @@ impl State {
                 if self.sandboxes.contains_key(name) {
                     let msg = format!("sandbox {name:?} already exists");
                     return (CommandResponse::rejected(AlreadyExists, msg), vec![]);
+                }
+                if let Some(refused) = self.over_quota(name, None, spec) {
+                    return refused;
                 }
                 if let Some(volume) = adopt_volume {
                     return self.create_adopting(name, uid, spec, *created_at_ms, volume);
@@ -395,6 +406,9 @@ impl State {
             Command::DeleteVolume { .. }
             | Command::ForgetVolume { .. }
             | Command::ReplaceNode { .. } => self.decide_volume_or_node(command),
+            Command::CreateToken { .. }
+            | Command::RevokeToken { .. }
+            | Command::SetQuota { .. } => self.decide_auth(command),
             Command::UpdateSandbox { .. }
             | Command::RollbackSandbox { .. }
             | Command::AdvanceOperation { .. }
@@ -480,6 +494,7 @@ fn abort_for_delete(record: &SandboxRecord) -> SandboxRecord {
     record
 }
 
+mod auth;
 mod operations;
 mod volumes;
 

@@ -47,3 +47,18 @@ pub(crate) fn request_key(id: &str) -> Vec<u8> {
     key.extend_from_slice(id.as_bytes());
     key
 }
+
+pub(crate) const TOKEN_PREFIX: &[u8] = b"token/";
+pub(crate) const TENANT_PREFIX: &[u8] = b"tenant/";
+
+pub(crate) fn token_key(id: &str) -> Vec<u8> {
+    let mut key = TOKEN_PREFIX.to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub(crate) fn tenant_key(name: &str) -> Vec<u8> {
+    let mut key = TENANT_PREFIX.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}

@@ -10,7 +10,9 @@ use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, FORMAT_V1};
-use crate::model::{KeptVolume, NodeRecord, RequestRecord, SandboxRecord};
+use crate::model::{
+    KeptVolume, NodeRecord, RequestRecord, SandboxRecord, TenantRecord, TokenRecord,
+};
 use crate::NodeId;
 
 const MAGIC: &[u8; 4] = b"BSNP";
@@ -43,6 +45,8 @@ enum Item {
     Node(NodeRecord),
     Request(RequestRecord),
     Volume(KeptVolume),
+    Token(TokenRecord),
+    Tenant(TenantRecord),
 }
 
 /// A decoded snapshot: its meta and every record.
@@ -55,6 +59,10 @@ pub struct SnapshotFile {
     pub requests: Vec<RequestRecord>,
     /// Kept workspace volumes.
     pub volumes: Vec<KeptVolume>,
+    /// API tokens (hashes only).
+    pub tokens: Vec<TokenRecord>,
+    /// Tenants with a quota.
+    pub tenants: Vec<TenantRecord>,
 }
 
 impl SnapshotFile {
@@ -67,7 +75,9 @@ impl SnapshotFile {
             record_count: (self.records.len()
                 + self.nodes.len()
                 + self.requests.len()
-                + self.volumes.len()) as u64,
+                + self.volumes.len()
+                + self.tokens.len()
+                + self.tenants.len()) as u64,
         };
         push_frame(&mut out, &codec::encode(&header)?)?;
         for record in &self.records {
@@ -82,6 +92,12 @@ impl SnapshotFile {
         for volume in &self.volumes {
             push_frame(&mut out, &codec::encode(&Item::Volume(volume.clone()))?)?;
         }
+        for token in &self.tokens {
+            push_frame(&mut out, &codec::encode(&Item::Token(token.clone()))?)?;
+        }
+        for tenant in &self.tenants {
+            push_frame(&mut out, &codec::encode(&Item::Tenant(tenant.clone()))?)?;
+        }
         Ok(out)
     }
 
@@ -92,15 +108,24 @@ impl SnapshotFile {
         let mut nodes = Vec::new();
         let mut requests = Vec::new();
         let mut volumes = Vec::new();
+        let mut tokens = Vec::new();
+        let mut tenants = Vec::new();
         while let Some(frame) = reader.next_frame()? {
             match codec::decode(frame)? {
                 Item::Sandbox(r) => records.push(r),
                 Item::Node(n) => nodes.push(n),
                 Item::Request(r) => requests.push(r),
                 Item::Volume(v) => volumes.push(v),
+                Item::Token(t) => tokens.push(t),
+                Item::Tenant(t) => tenants.push(t),
             }
         }
-        let found = (records.len() + nodes.len() + requests.len() + volumes.len()) as u64;
+        let found = (records.len()
+            + nodes.len()
+            + requests.len()
+            + volumes.len()
+            + tokens.len()
+            + tenants.len()) as u64;
         if found != header.record_count {
             return Err(SnapshotError::CountMismatch {
                 expected: header.record_count,
@@ -113,6 +138,8 @@ impl SnapshotFile {
             nodes,
             requests,
             volumes,
+            tokens,
+            tenants,
         })
     }
 
@@ -231,6 +258,24 @@ mod tests {
                 kept_at_ms: 3,
                 deleting: false,
             }],
+            tokens: vec![TokenRecord {
+                id: "tok1".into(),
+                secret_sha256: "ab".repeat(32),
+                tenant: "team".into(),
+                role: crate::model::Role::Member,
+                description: "ci".into(),
+                created_at_ms: 5,
+                expires_at_ms: Some(9),
+                revoked_at_ms: None,
+                bootstrap: false,
+            }],
+            tenants: vec![TenantRecord {
+                name: "team".into(),
+                quota: crate::model::Quota {
+                    max_sandboxes: Some(3),
+                    ..Default::default()
+                },
+            }],
         }
     }
 
@@ -242,6 +287,8 @@ mod tests {
         assert_eq!(back.nodes, file(3).nodes);
         assert_eq!(back.requests, file(3).requests);
         assert_eq!(back.volumes, file(3).volumes);
+        assert_eq!(back.tokens, file(3).tokens);
+        assert_eq!(back.tenants, file(3).tenants);
         assert_eq!(back.meta, file(3).meta);
         assert_eq!(SnapshotFile::decode_meta(&bytes).unwrap(), file(3).meta);
     }

@@ -108,6 +108,12 @@ impl StateMachineStore {
             } else if key.starts_with(keys::VOLUME_PREFIX) {
                 view.table
                     .insert_volume(codec::decode(&value).map_err(io_read)?);
+            } else if key.starts_with(keys::TOKEN_PREFIX) {
+                view.table
+                    .insert_token(codec::decode(&value).map_err(io_read)?);
+            } else if key.starts_with(keys::TENANT_PREFIX) {
+                view.table
+                    .insert_tenant(codec::decode(&value).map_err(io_read)?);
             }
         }
         Ok(view)
@@ -168,6 +174,16 @@ fn persist(
             codec::encode(&volume).map_err(io_write)?,
         ),
         Change::DeleteVolume(volume) => batch.delete_cf(sm_cf, keys::volume_key(&volume)),
+        Change::PutToken(token) => batch.put_cf(
+            sm_cf,
+            keys::token_key(&token.id),
+            codec::encode(&token).map_err(io_write)?,
+        ),
+        Change::PutTenant(tenant) => batch.put_cf(
+            sm_cf,
+            keys::tenant_key(&tenant.name),
+            codec::encode(&tenant).map_err(io_write)?,
+        ),
     }
     Ok(())
 }
@@ -191,6 +207,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 nodes: view.table.nodes().cloned().collect(),
                 requests: view.table.requests().cloned().collect(),
                 volumes: view.table.volumes().cloned().collect(),
+                tokens: view.table.tokens().cloned().collect(),
+                tenants: view.table.tenants().cloned().collect(),
             }
         };
         let bytes = file.encode().map_err(io_write)?;
@@ -284,7 +302,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let items = (file.records.into_iter().map(Change::PutSandbox))
             .chain(file.nodes.into_iter().map(Change::PutNode))
             .chain(file.requests.into_iter().map(Change::PutRequest))
-            .chain(file.volumes.into_iter().map(Change::PutVolume));
+            .chain(file.volumes.into_iter().map(Change::PutVolume))
+            .chain(file.tokens.into_iter().map(Change::PutToken))
+            .chain(file.tenants.into_iter().map(Change::PutTenant));
         for item in items {
             table.take(&item);
             persist(&mut batch, sm_cf, item)?;

@@ -85,6 +85,9 @@ impl State {
                         record.revision
                     ));
                 }
+                if let Some(refused) = self.over_quota(name, Some(&record.spec), spec) {
+                    return refused;
+                }
                 let mut record = record.clone();
                 let number = record.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
                 record.revisions.push(Revision {

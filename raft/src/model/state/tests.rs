@@ -787,3 +787,134 @@ mod identity {
         assert_eq!(state.volumes().count(), 0);
     }
 }
+
+mod access {
+    use super::*;
+    use crate::model::auth::sandbox_key;
+    use crate::model::{Quota, Role, TokenRecord};
+
+    fn with_policy(name: &str, policy: &str) -> Command {
+        let Command::CreateSandbox {
+            name,
+            uid,
+            mut spec,
+            created_at_ms,
+            adopt_volume,
+        } = create(name)
+        else {
+            unreachable!()
+        };
+        spec.policy = Some(policy.into());
+        Command::CreateSandbox {
+            name,
+            uid,
+            spec,
+            created_at_ms,
+            adopt_volume,
+        }
+    }
+
+    fn token(id: &str, bootstrap: bool) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            secret_sha256: "00".repeat(32),
+            tenant: "team".into(),
+            role: Role::Member,
+            description: String::new(),
+            created_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            bootstrap,
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_tenant_not_across_tenants() {
+        let mut state = State::default();
+        let a = sandbox_key("a", "web");
+        let b = sandbox_key("b", "web");
+        assert_eq!(rejected(&state.apply(&create(&a)).0), None);
+        assert_eq!(rejected(&state.apply(&create(&b)).0), None);
+        assert_eq!(
+            rejected(&state.apply(&create(&a)).0),
+            Some(RejectionKind::AlreadyExists)
+        );
+        assert_eq!(state.usage("a").sandboxes, 1);
+        assert_eq!(state.usage("default").sandboxes, 0);
+    }
+
+    #[test]
+    fn one_bootstrap_token_ever_and_revocation_sticks() {
+        let mut state = State::default();
+        let made = |r: &TokenRecord| Command::CreateToken { record: r.clone() };
+        assert_eq!(rejected(&state.apply(&made(&token("t1", true))).0), None);
+        assert_eq!(
+            rejected(&state.apply(&made(&token("t2", true))).0),
+            Some(RejectionKind::AlreadyExists)
+        );
+        assert_eq!(
+            rejected(&state.apply(&made(&token("t1", false))).0),
+            Some(RejectionKind::AlreadyExists)
+        );
+        let revoke = |at| Command::RevokeToken {
+            id: "t1".into(),
+            at_ms: at,
+        };
+        state.apply(&revoke(10));
+        state.apply(&revoke(20));
+        let t1 = state.token("t1").unwrap();
+        assert_eq!(t1.revoked_at_ms, Some(10));
+        assert!(!t1.is_valid_at(0));
+        assert_eq!(
+            rejected(
+                &state
+                    .apply(&Command::RevokeToken {
+                        id: "nope".into(),
+                        at_ms: 1
+                    })
+                    .0
+            ),
+            Some(RejectionKind::NotFound)
+        );
+    }
+
+    #[test]
+    fn quotas_admit_exactly_up_to_the_limit() {
+        let mut state = State::default();
+        state.apply(&Command::SetQuota {
+            tenant: "t".into(),
+            quota: Quota {
+                max_sandboxes: Some(2),
+                max_cpu_millis: Some(1500),
+                max_memory_bytes: None,
+            },
+        });
+        let key = |n: &str| sandbox_key("t", n);
+        let cpu = |c: &str| format!("resources:\n  cpus: {c}\n");
+        // A CPU quota needs every sandbox to declare its CPUs.
+        assert_eq!(
+            rejected(&state.apply(&create(&key("bare"))).0),
+            Some(RejectionKind::ResourceExhausted)
+        );
+        assert_eq!(
+            rejected(&state.apply(&with_policy(&key("a"), &cpu("1"))).0),
+            None
+        );
+        assert_eq!(
+            rejected(&state.apply(&with_policy(&key("b"), &cpu("0.6"))).0),
+            Some(RejectionKind::ResourceExhausted)
+        );
+        assert_eq!(
+            rejected(&state.apply(&with_policy(&key("b"), &cpu("0.5"))).0),
+            None
+        );
+        assert_eq!(
+            rejected(&state.apply(&with_policy(&key("c"), &cpu("0.001"))).0),
+            Some(RejectionKind::ResourceExhausted)
+        );
+        let usage = state.usage("t");
+        assert_eq!((usage.sandboxes, usage.cpu_millis), (2, 1500));
+        // Other tenants are not limited by it.
+        assert_eq!(rejected(&state.apply(&create("free")).0), None);
+    }
+}

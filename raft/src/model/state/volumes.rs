@@ -8,6 +8,7 @@
 //! operator hands it over (7).
 
 use super::{put, Applied, Change, State};
+use crate::model::auth::split_key;
 use crate::model::command::RejectionKind::{FailedPrecondition, NotFound};
 use crate::model::{
     Command, CommandResponse, Desired, Phase, Revision, SandboxRecord, SandboxSpec,
@@ -28,7 +29,11 @@ impl State {
         created_at_ms: i64,
         volume: &str,
     ) -> Applied {
-        let Some(kept) = self.volume(volume) else {
+        // Another tenant's kept volume is as good as absent.
+        let Some(kept) = self
+            .volume(volume)
+            .filter(|v| split_key(&v.sandbox).0 == split_key(name).0)
+        else {
             return volume_not_found(volume);
         };
         if kept.deleting {
