@@ -46,7 +46,7 @@ impl AccessApi {
             tenant => tenant.to_string(),
         };
         validate_tenant(&tenant)?;
-        if !scope.sees_tenant(&tenant) {
+        if !scope.may_manage(&tenant) {
             return Err(ApiError::PermissionDenied(format!(
                 "a token of tenant {} cannot make tokens for tenant {tenant}",
                 scope.tenant()
@@ -113,7 +113,7 @@ impl AccessApi {
             .read()
             .table
             .token(&request.id)
-            .is_some_and(|t| scope.sees_tenant(&t.tenant));
+            .is_some_and(|t| scope.may_manage(&t.tenant));
         if !visible {
             return Err(ApiError::NotFound(format!(
                 "no token {:?} (see `berth token list`)",
@@ -144,7 +144,7 @@ impl AccessApi {
             tenant
         };
         validate_tenant(tenant)?;
-        if !scope.sees_tenant(tenant) {
+        if !scope.may_manage(tenant) {
             return Err(ApiError::PermissionDenied(format!(
                 "a token of tenant {} cannot read tenant {tenant}",
                 scope.tenant()

@@ -10,9 +10,7 @@ use berth_raft::{Command, CommandResponse, NodeError, RaftNode, SandboxRecord};
 use super::convert::{operation_to_proto, revision_to_proto};
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::validate::{
-    client_proposal, validate_env, validate_image, validate_name, validate_policy,
-};
+use crate::validate::{client_proposal, validate_env, validate_image, validate_policy};
 use berth_raft::model::auth::split_key;
 
 /// Upper bounds that keep a mistyped duration from parking an update.
@@ -132,7 +130,6 @@ pub async fn rollback(
     node: &RaftNode,
     request: RollbackSandboxRequest,
 ) -> Result<Operation, ApiError> {
-    validate_name(&request.name)?;
     let command = Command::RollbackSandbox {
         name: request.name,
         operation_id: uuid::Uuid::new_v4().to_string(),

@@ -90,9 +90,15 @@ impl Scope {
         &self.subject
     }
 
-    /// Whether this scope covers `tenant` (its tokens, its quota).
+    /// Whether a listing in this scope shows `tenant`'s tokens.
     pub fn sees_tenant(&self, tenant: &str) -> bool {
         self.every_tenant || tenant == self.tenant
+    }
+
+    /// Whether this caller may manage `tenant`'s tokens and read its quota:
+    /// its own tenant, or any for a platform admin.
+    pub fn may_manage(&self, tenant: &str) -> bool {
+        self.role == Role::PlatformAdmin || tenant == self.tenant
     }
 }
 
