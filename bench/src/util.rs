@@ -24,6 +24,7 @@ pub async fn create_all(
                 image: image.to_string(),
                 policy: None,
                 env: HashMap::new(),
+                ..Default::default()
             };
             async move {
                 client

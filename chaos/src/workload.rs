@@ -158,6 +158,7 @@ impl Workload {
                         image: TEST_IMAGE_V1.to_string(),
                         policy: None,
                         env: HashMap::new(),
+                        ..Default::default()
                     }),
                     request_id,
                     ..Default::default()

@@ -35,6 +35,9 @@ pub struct UpdateArgs {
     /// Environment variable to remove (repeatable).
     #[arg(long = "unset-env", value_name = "KEY")]
     pub unset_env: Vec<String>,
+    /// Secret environment variable K=V or K=@FILE to set (repeatable).
+    #[arg(long = "secret-env", value_name = "K=V|K=@FILE")]
+    pub secret_env: Vec<String>,
     /// The new revision must be healthy within this long (e.g. 60s, 2m).
     #[arg(long, value_parser = parse_duration)]
     pub health_timeout: Option<Duration>,
@@ -147,6 +150,7 @@ pub async fn update(
         no_auto_rollback: args.no_auto_rollback,
         request_id: request_id(),
         unset_env: args.unset_env,
+        secret_env: crate::sandbox::parse_secret_env(&args.secret_env)?,
     };
     let op = client.update_sandbox(request).await?.into_inner();
     if !args.wait {

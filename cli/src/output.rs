@@ -40,9 +40,15 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
+    let secret_env: serde_json::Map<String, Value> = spec
+        .secret_env
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     json!({
         "name": s.name,
         "tenant": s.tenant,
+        "secret_env": secret_env,
         "uid": s.uid,
         "image": spec.image,
         "policy": spec.policy,
@@ -267,5 +273,72 @@ pub fn print_revisions(format: Format, list: &berth_proto::v1::ListRevisionsResp
             }
             print_table(&rows);
         }
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+pub fn print_events(format: Format, events: &[berth_proto::v1::AuditEvent]) {
+    match format {
+        Format::Json => {
+            let events: Vec<Value> = events
+                .iter()
+                .map(|e| {
+                    json!({ "index": e.index, "at_unix_ms": e.at_unix_ms, "principal": e.principal,
+                            "action": e.action, "detail": e.detail, "request_id": e.request_id,
+                            "outcome": e.outcome })
+                })
+                .collect();
+            println!("{}", json!(events));
+        }
+        Format::Table => {
+            let mut rows = vec![["TIME (UTC)", "PRINCIPAL", "ACTION", "OUTCOME"]
+                .map(String::from)
+                .to_vec()];
+            for e in events {
+                let action = if e.detail.is_empty() {
+                    e.action.clone()
+                } else {
+                    format!("{}: {}", e.action, e.detail)
+                };
+                rows.push(vec![
+                    utc(e.at_unix_ms),
+                    e.principal.clone(),
+                    action,
+                    e.outcome.lines().next().unwrap_or("").to_string(),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_871_045_000), "2026-11-28 13:04:05");
     }
 }

@@ -33,6 +33,10 @@ pub enum SandboxCommand {
         /// Environment variable K=V (repeatable).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
+        /// Secret environment variable K=V, or K=@FILE to read the value
+        /// from a file (repeatable): sealed at rest, never shown again.
+        #[arg(long = "secret-env", value_name = "K=V|K=@FILE")]
+        secret_env: Vec<String>,
         /// Adopt this kept volume as the workspace (see `berth volume list`).
         #[arg(long)]
         volume: Option<String>,
@@ -85,6 +89,9 @@ pub enum SandboxCommand {
     },
     /// List the sandbox's revisions.
     History { name: String },
+    /// The sandbox name's audit trail: every call and exec, who made it,
+    /// how it ended (also calls about earlier sandboxes of the name).
+    Events { name: String },
 }
 
 /// How long `delete` waits for the sandbox's node to remove it.
@@ -97,6 +104,31 @@ pub fn parse_env(pairs: &[String]) -> Result<HashMap<String, String>, Failure> {
             .split_once('=')
             .ok_or_else(|| Failure::usage(format!("--env {pair:?} must be K=V")))?;
         env.insert(key.to_string(), value.to_string());
+    }
+    Ok(env)
+}
+
+/// `--secret-env K=V` or `K=@FILE` (the file's contents, one trailing
+/// newline removed).
+pub fn parse_secret_env(pairs: &[String]) -> Result<HashMap<String, String>, Failure> {
+    let mut env = HashMap::new();
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            Failure::usage(format!(
+                "--secret-env {key:?} must be K=V or K=@FILE",
+                key = pair.split('=').next().unwrap_or("")
+            ))
+        })?;
+        let value = match value.strip_prefix('@') {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Failure::usage(format!("--secret-env {key}: cannot read {path}: {e}"))
+                })?;
+                text.strip_suffix('\n').unwrap_or(&text).to_string()
+            }
+            None => value.to_string(),
+        };
+        env.insert(key.to_string(), value);
     }
     Ok(env)
 }
@@ -124,6 +156,7 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
             image,
             policy,
             env,
+            secret_env,
             volume,
         } => {
             let policy = policy.as_ref().map(read_policy).transpose()?;
@@ -131,6 +164,7 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
                 image,
                 policy,
                 env: parse_env(&env)?,
+                secret_env: parse_secret_env(&secret_env)?,
             };
             let sandbox = client
                 .create_sandbox(CreateSandboxRequest {
@@ -249,6 +283,13 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
             wait,
         } => {
             return crate::operations::rollback(&mut client, format, name, to_revision, wait).await
+        }
+        SandboxCommand::Events { name } => {
+            let events = client
+                .sandbox_events(berth_proto::v1::SandboxEventsRequest { name })
+                .await?
+                .into_inner();
+            crate::output::print_events(format, &events.events);
         }
         SandboxCommand::History { name } => {
             return crate::operations::history(&mut client, format, name).await

@@ -206,6 +206,45 @@ fn tokens_roles_tenants_and_quotas_through_the_cli() {
     assert_eq!(run.code, 6, "{}", run.stderr);
     assert!(run.stderr.contains("expired"), "{}", run.stderr);
 
+    // Secret env: sealed with the data key `berth up` made, shown redacted,
+    // and the sandbox's events say who did what.
+    let secret_file = home.path().join("secret.txt");
+    std::fs::write(&secret_file, "from-a-file\n").unwrap();
+    let arg = format!("DB_PASSWORD=@{}", secret_file.display());
+    let run = c.with(
+        &b,
+        &[
+            "sandbox",
+            "create",
+            "vault",
+            "--image",
+            "busybox",
+            "--secret-env",
+            &arg,
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = c.with(&b, &["-o", "json", "sandbox", "get", "vault"]);
+    assert!(!got.stdout.contains("from-a-file"), "{}", got.stdout);
+    assert_eq!(json(&got)["secret_env"]["DB_PASSWORD"], "<secret>");
+    let events = json(&c.with(&b, &["-o", "json", "sandbox", "events", "vault"]));
+    let first = &events.as_array().unwrap()[0];
+    assert_eq!(first["principal"], format!("token:{}", id(&b)));
+    assert_eq!(first["outcome"], "ok");
+    let run = c.with(
+        &b,
+        &[
+            "sandbox",
+            "create",
+            "x",
+            "--image",
+            "busybox",
+            "--secret-env",
+            "NOPE",
+        ],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+
     // Quotas: only platform admins set them; creates stop at the limit,
     // with the figures, exit 8.
     let q = c.token("team-q", "member", &[]);

@@ -242,6 +242,7 @@ async fn server_refuses_oversized_policy_sent_directly() -> anyhow::Result<()> {
                 image: "busybox".into(),
                 policy: Some(format!("k: \"{}\"\n", "x".repeat(65 * 1024))),
                 env: Default::default(),
+                secret_env: Default::default(),
             }),
             request_id: String::new(),
             ..Default::default()

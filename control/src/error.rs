@@ -29,6 +29,12 @@ pub enum ApiError {
     Agent(#[from] tonic::Status),
 }
 
+impl From<crate::secrets::SecretError> for ApiError {
+    fn from(e: crate::secrets::SecretError) -> Self {
+        ApiError::FailedPrecondition(e.to_string())
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {

@@ -12,6 +12,7 @@ mod chaos;
 mod clock;
 mod error;
 mod leader;
+mod secrets;
 mod server;
 mod validate;
 
@@ -67,6 +68,10 @@ struct Args {
     /// required.
     #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
     insecure: bool,
+    /// The cluster data key file (`ID:HEX` per line, the first seals):
+    /// needed to keep secret env. Every node needs the same keys.
+    #[arg(long)]
+    data_key_file: Option<PathBuf>,
     /// Directory for this node's RocksDB and identity.
     #[arg(long)]
     data_dir: PathBuf,
@@ -172,6 +177,9 @@ async fn main() -> anyhow::Result<()> {
             ),
             None => bail!("--initial-cluster does not name this node ({})", args.id),
         }
+    }
+    if let Some(path) = &args.data_key_file {
+        secrets::init(path)?;
     }
     bootstrap::claim_identity(&args.data_dir, args.id)?;
 

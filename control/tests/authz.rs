@@ -85,6 +85,9 @@ const METHODS: &[(&str, u8, bool)] = &[
     ("ListVolumes", READER, false),
     ("DeleteVolume", MEMBER, false),
     ("ListRevisions", READER, true),
+    // Events of a name in the caller's own tenant (its own attempts on
+    // "box" included); checked for leaks after the matrix.
+    ("SandboxEvents", READER, false),
     ("GetStatus", READER, false),
     ("AddNode", PLATFORM, false),
     ("RemoveNode", PLATFORM, false),
@@ -218,6 +221,7 @@ async fn call(method: &str, chan: Chan, name: &str, label: &str) -> Code {
             .await,
         ),
         "ListRevisions" => code(s.list_revisions(ListRevisionsRequest { name }).await),
+        "SandboxEvents" => code(s.sandbox_events(SandboxEventsRequest { name }).await),
         "GetStatus" => code(c.get_status(GetStatusRequest {}).await),
         "AddNode" => code(
             c.add_node(AddNodeRequest {
@@ -567,6 +571,29 @@ async fn every_method_by_every_role_in_and_out_of_the_tenant() -> anyhow::Result
             Phase::Running as i32,
             OWNER
         )
+    );
+    // The other tenant's events for the name hold only its own attempts.
+    let owner_id = owner_member.split('_').nth(1).unwrap().to_string();
+    let other_events = SandboxServiceClient::new(
+        setup
+            .chan(
+                3,
+                Meta {
+                    token: callers.last().unwrap().token.clone(),
+                    tenant: None,
+                },
+            )
+            .await,
+    )
+    .sandbox_events(SandboxEventsRequest { name: "box".into() })
+    .await?
+    .into_inner()
+    .events;
+    assert!(
+        other_events
+            .iter()
+            .all(|e| !e.principal.contains(&owner_id) && e.outcome != "ok"),
+        "{other_events:?}"
     );
     // Listings are per tenant: the other tenant sees only what it made.
     let theirs = SandboxServiceClient::new(

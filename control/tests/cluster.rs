@@ -23,6 +23,7 @@ async fn create(cluster: &TestCluster, via: u64, name: &str) -> anyhow::Result<(
                 image: "localhost/berth-demo:v1".to_string(),
                 policy: None,
                 env: HashMap::new(),
+                secret_env: Default::default(),
             }),
             request_id: String::new(),
             ..Default::default()

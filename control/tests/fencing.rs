@@ -65,6 +65,7 @@ async fn create(cluster: &TestCluster, via: u64, name: &str) -> anyhow::Result<(
                 image: TEST_IMAGE_V1.to_string(),
                 policy: None,
                 env: HashMap::new(),
+                secret_env: Default::default(),
             }),
             request_id: String::new(),
             ..Default::default()

@@ -29,6 +29,7 @@ fn create_request(name: &str, volume: &str) -> CreateSandboxRequest {
             image: TEST_IMAGE_V1.to_string(),
             policy: None,
             env: HashMap::new(),
+            secret_env: Default::default(),
         }),
         volume: volume.to_string(),
         ..Default::default()

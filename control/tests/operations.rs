@@ -32,6 +32,7 @@ fn spec(image: &str) -> SandboxSpec {
         image: image.to_string(),
         policy: None,
         env: HashMap::new(),
+        secret_env: Default::default(),
     }
 }
 

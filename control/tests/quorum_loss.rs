@@ -49,6 +49,7 @@ async fn every_update_finishes_after_minutes_without_a_quorum() -> anyhow::Resul
                     image: "img:v1".into(),
                     policy: None,
                     env: HashMap::new(),
+                    secret_env: Default::default(),
                 }),
                 ..Default::default()
             })

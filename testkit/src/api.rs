@@ -28,6 +28,7 @@ pub async fn create(cluster: &mut TestCluster, name: &str, image: &str) -> anyho
         image: image.to_string(),
         policy: None,
         env: HashMap::from([("GREETING".to_string(), "hello".to_string())]),
+        ..Default::default()
     };
     Ok(client
         .create_sandbox(CreateSandboxRequest {

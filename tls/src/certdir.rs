@@ -19,6 +19,7 @@ use crate::{io, ClientGrant, Identity, TlsError};
 
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
+const DATA_KEY: &str = "data-key";
 const CLUSTER: &str = "cluster";
 /// How long the CA is valid.
 const CA_DAYS: i64 = 3650;
@@ -130,6 +131,21 @@ impl CertDir {
     /// The CA certificate (PEM), which every component trusts.
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join(CA_CERT)
+    }
+
+    /// The cluster data key file (`berthd --data-key-file`), made with one
+    /// random 256-bit key (`1:<hex>`, mode 0600) if it does not exist.
+    pub fn ensure_data_key(&self) -> Result<PathBuf, TlsError> {
+        let path = self.dir.join(DATA_KEY);
+        if path.exists() {
+            return Ok(path);
+        }
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| TlsError::Invalid("no randomness for the data key".into()))?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        write_file(&path, format!("1:{hex}\n").as_bytes(), 0o600)?;
+        Ok(path)
     }
 
     /// The identity a certificate of `kind` named `name` carries: every

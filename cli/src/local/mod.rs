@@ -145,7 +145,7 @@ pub async fn up(
             initial.join(","),
         ];
         match &pki {
-            Some(pki) => args.extend(pki.server_args()),
+            Some(pki) => args.extend(pki.node_args()?),
             None => args.push("--insecure".into()),
         }
         let pid = spawn_logged(&berthd, &args, &log)?;

@@ -64,6 +64,15 @@ impl LocalPki {
             .unwrap_or_default()
     }
 
+    /// The flags of every control node: TLS, and the cluster data key
+    /// (made once, next to the CA) that seals secret env.
+    pub fn node_args(&self) -> Result<Vec<String>, Failure> {
+        let mut args = self.server_args();
+        let key = self.ca.ensure_data_key()?;
+        args.extend(["--data-key-file".into(), key.display().to_string()]);
+        Ok(args)
+    }
+
     fn args(&self, issued: &Issued) -> Vec<String> {
         vec![
             "--tls-ca".into(),

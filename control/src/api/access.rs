@@ -18,6 +18,7 @@ use berth_raft::model::{Quota, Role, TokenRecord};
 use berth_raft::{Command, CommandResponse, NodeError, RaftNode};
 use tonic::{Request, Response, Status};
 
+use crate::auth::audit;
 use crate::auth::scope::{validate_tenant, Scope};
 use crate::auth::token;
 use crate::clock::now_ms;
@@ -85,10 +86,11 @@ impl AccessApi {
         let command = Command::CreateToken {
             record: record.clone(),
         };
-        match self
-            .node
-            .propose(client_proposal(command, request.request_id)?)
-            .await?
+        match audit::propose(
+            &self.node,
+            client_proposal(command, request.request_id, scope.subject())?,
+        )
+        .await?
         {
             CommandResponse::Token { record: made } if made.id == record.id => {
                 tracing::info!(target: "berth::audit", subject = scope.subject(), tenant = %tenant, token = %made.id, role = role.as_str(), "token created");
@@ -124,10 +126,11 @@ impl AccessApi {
             id: request.id,
             at_ms: now_ms(),
         };
-        match self
-            .node
-            .propose(client_proposal(command, request.request_id)?)
-            .await?
+        match audit::propose(
+            &self.node,
+            client_proposal(command, request.request_id, scope.subject())?,
+        )
+        .await?
         {
             CommandResponse::Token { record } => {
                 tracing::info!(target: "berth::audit", subject = scope.subject(), token = %record.id, "token revoked");
@@ -268,11 +271,12 @@ impl AccessService for AccessApi {
             tenant: tenant.clone(),
             quota,
         };
-        match self
-            .node
-            .propose(client_proposal(command, request_id)?)
-            .await
-            .map_err(ApiError::from)?
+        match audit::propose(
+            &self.node,
+            client_proposal(command, request_id, scope.subject())?,
+        )
+        .await
+        .map_err(ApiError::from)?
         {
             CommandResponse::Tenant { .. } => {
                 tracing::info!(target: "berth::audit", subject = scope.subject(), tenant = %tenant, "quota set");

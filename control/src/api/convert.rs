@@ -1,5 +1,7 @@
 //! Conversions between replicated records and `berth.v1` messages.
 
+use std::collections::BTreeMap;
+
 use berth_proto::v1;
 use berth_raft::model::auth::split_key;
 use berth_raft::model::update::UpdatePhase;
@@ -17,20 +19,29 @@ pub fn phase_to_proto(phase: Phase) -> v1::Phase {
     }
 }
 
+/// The spec as answers show it: secret values redacted.
 pub fn spec_to_proto(spec: &SandboxSpec) -> v1::SandboxSpec {
     v1::SandboxSpec {
         image: spec.image.clone(),
         policy: spec.policy.clone(),
         env: spec.env.clone().into_iter().collect(),
+        secret_env: spec
+            .secret_env
+            .keys()
+            .map(|k| (k.clone(), crate::secrets::REDACTED.to_string()))
+            .collect(),
     }
 }
 
-pub fn spec_from_proto(spec: v1::SandboxSpec) -> SandboxSpec {
-    SandboxSpec {
+/// The spec of a request, and its secret env (plaintext, to be sealed).
+pub fn spec_from_proto(spec: v1::SandboxSpec) -> (SandboxSpec, BTreeMap<String, String>) {
+    let spec_out = SandboxSpec {
         image: spec.image,
         policy: spec.policy,
         env: spec.env.into_iter().collect(),
-    }
+        secret_env: BTreeMap::new(),
+    };
+    (spec_out, spec.secret_env.into_iter().collect())
 }
 
 /// The record as its tenant sees it: the key split into tenant and name.

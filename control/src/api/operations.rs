@@ -1,5 +1,7 @@
 //! Update, rollback, operation and revision history requests.
 
+use std::collections::BTreeMap;
+
 use berth_proto::v1::{
     GetOperationRequest, ListRevisionsRequest, ListRevisionsResponse, Operation,
     RollbackSandboxRequest, UpdateSandboxRequest,
@@ -8,9 +10,12 @@ use berth_raft::model::update::UpdatePolicy;
 use berth_raft::{Command, CommandResponse, NodeError, RaftNode, SandboxRecord};
 
 use super::convert::{operation_to_proto, revision_to_proto};
+use crate::auth::audit;
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::validate::{client_proposal, validate_env, validate_image, validate_policy};
+use crate::validate::{
+    client_proposal, validate_env, validate_image, validate_policy, validate_secret_env,
+};
 use berth_raft::model::auth::split_key;
 
 /// Upper bounds that keep a mistyped duration from parking an update.
@@ -70,6 +75,7 @@ async fn read(node: &RaftNode, name: &str) -> Result<SandboxRecord, ApiError> {
 
 pub async fn update(
     node: &RaftNode,
+    caller: &str,
     request: UpdateSandboxRequest,
     keep_revisions: u32,
 ) -> Result<Operation, ApiError> {
@@ -77,6 +83,7 @@ pub async fn update(
     let nothing = request.image.is_none()
         && request.policy.is_none()
         && request.env.is_empty()
+        && request.secret_env.is_empty()
         && request.unset_env.is_empty();
     if nothing {
         return Err(ApiError::Invalid(
@@ -84,7 +91,7 @@ pub async fn update(
         ));
     }
     for key in &request.unset_env {
-        if request.env.contains_key(key) {
+        if request.env.contains_key(key) || request.secret_env.contains_key(key) {
             return Err(ApiError::Invalid(format!(
                 "env {key:?} is both set and unset"
             )));
@@ -100,10 +107,24 @@ pub async fn update(
         validate_policy(policy)?;
         spec.policy = Some(policy.clone());
     }
-    validate_env(&request.env.clone().into_iter().collect())?;
-    spec.env.extend(request.env.clone());
+    let env: BTreeMap<String, String> = request.env.clone().into_iter().collect();
+    let secrets: BTreeMap<String, String> = request.secret_env.clone().into_iter().collect();
+    validate_env(&env)?;
+    validate_secret_env(&env, &secrets)?;
+    // A name set as plain env stops being secret, and the other way round.
+    for (name, value) in env {
+        spec.secret_env.remove(&name);
+        spec.env.insert(name, value);
+    }
+    for (name, value) in &secrets {
+        spec.env.remove(name);
+        let sealed = crate::secrets::seal(&current.uid, name, value)?;
+        spec.secret_env.insert(name.clone(), sealed);
+    }
     for key in &request.unset_env {
-        if spec.env.remove(key).is_none() {
+        let plain = spec.env.remove(key).is_some();
+        let secret = spec.secret_env.remove(key).is_some();
+        if !plain && !secret {
             return Err(ApiError::Invalid(format!(
                 "env {key:?} is not set on sandbox {:?}",
                 request.name
@@ -120,14 +141,12 @@ pub async fn update(
         at_ms: now_ms(),
         keep_revisions,
     };
-    operation_of(
-        node.propose(client_proposal(command, request.request_id)?)
-            .await?,
-    )
+    operation_of(audit::propose(node, client_proposal(command, request.request_id, caller)?).await?)
 }
 
 pub async fn rollback(
     node: &RaftNode,
+    caller: &str,
     request: RollbackSandboxRequest,
 ) -> Result<Operation, ApiError> {
     let command = Command::RollbackSandbox {
@@ -137,10 +156,7 @@ pub async fn rollback(
         policy: UpdatePolicy::default(),
         at_ms: now_ms(),
     };
-    operation_of(
-        node.propose(client_proposal(command, request.request_id)?)
-            .await?,
-    )
+    operation_of(audit::propose(node, client_proposal(command, request.request_id, caller)?).await?)
 }
 
 pub async fn get_operation(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use berth_proto::v1::sandbox_service_server::SandboxService;
+use berth_proto::v1::{AuditEvent, SandboxEventsRequest, SandboxEventsResponse};
 use berth_proto::v1::{
     CreateSandboxRequest, DeleteSandboxRequest, DeleteSandboxResponse, ExecSandboxOutput,
     ExecSandboxRequest, GetSandboxRequest, ListSandboxesRequest, ListSandboxesResponse,
@@ -21,11 +22,13 @@ use tonic::{Request, Response, Status};
 use super::convert::{sandbox_to_proto, spec_from_proto};
 use super::data_plane::{self, BoxStream};
 use super::{operations, volumes};
+use crate::auth::audit;
 use crate::auth::scope::Scope;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::validate::{
-    client_proposal, validate_env, validate_image, validate_policy, validate_volume_name,
+    client_proposal, validate_env, validate_image, validate_policy, validate_secret_env,
+    validate_volume_name,
 };
 
 pub struct SandboxApi {
@@ -57,16 +60,26 @@ impl SandboxApi {
     }
 
     /// `request.name` is already a key ([`Scope::key`]).
-    async fn create(&self, request: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
+    async fn create(
+        &self,
+        caller: &str,
+        request: CreateSandboxRequest,
+    ) -> Result<Sandbox, ApiError> {
         let spec = request
             .spec
             .ok_or_else(|| ApiError::Invalid("spec is required".to_string()))?;
-        let spec = spec_from_proto(spec);
+        let (mut spec, secrets) = spec_from_proto(spec);
         validate_image(&spec.image)?;
         if let Some(policy) = &spec.policy {
             validate_policy(policy)?;
         }
         validate_env(&spec.env)?;
+        validate_secret_env(&spec.env, &secrets)?;
+        let uid = uuid::Uuid::new_v4().to_string();
+        for (name, value) in &secrets {
+            let sealed = crate::secrets::seal(&uid, name, value)?;
+            spec.secret_env.insert(name.clone(), sealed);
+        }
         let adopt_volume = match request.volume.as_str() {
             "" => None,
             volume => {
@@ -76,13 +89,13 @@ impl SandboxApi {
         };
         let command = Command::CreateSandbox {
             name: request.name,
-            uid: uuid::Uuid::new_v4().to_string(),
+            uid,
             spec,
             created_at_ms: now_ms(),
             adopt_volume,
         };
-        let proposal = client_proposal(command, request.request_id)?;
-        match self.node.propose(proposal).await? {
+        let proposal = client_proposal(command, request.request_id, caller)?;
+        match audit::propose(&self.node, proposal).await? {
             CommandResponse::Sandbox { record } => Ok(sandbox_to_proto(&record)),
             other => Err(unexpected(other)),
         }
@@ -119,14 +132,15 @@ impl SandboxApi {
 
     async fn delete(
         &self,
+        caller: &str,
         request: DeleteSandboxRequest,
     ) -> Result<DeleteSandboxResponse, ApiError> {
         let command = Command::DeleteSandbox {
             name: request.name,
             keep_volume: request.keep_volume,
         };
-        let proposal = client_proposal(command, request.request_id)?;
-        match self.node.propose(proposal).await? {
+        let proposal = client_proposal(command, request.request_id, caller)?;
+        match audit::propose(&self.node, proposal).await? {
             CommandResponse::Deleted { .. } => Ok(DeleteSandboxResponse { sandbox: None }),
             CommandResponse::Sandbox { record } => Ok(DeleteSandboxResponse {
                 sandbox: Some(sandbox_to_proto(&record)),
@@ -137,12 +151,13 @@ impl SandboxApi {
 
     async fn set_desired(
         &self,
+        caller: &str,
         name: String,
         desired: Desired,
         request_id: String,
     ) -> Result<Sandbox, ApiError> {
-        let proposal = client_proposal(Command::SetDesired { name, desired }, request_id)?;
-        match self.node.propose(proposal).await? {
+        let proposal = client_proposal(Command::SetDesired { name, desired }, request_id, caller)?;
+        match audit::propose(&self.node, proposal).await? {
             CommandResponse::Sandbox { record } => Ok(sandbox_to_proto(&record)),
             other => Err(unexpected(other)),
         }
@@ -167,7 +182,7 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let sandbox = self.create(request).await?;
+        let sandbox = self.create(scope.subject(), request).await?;
         tracing::info!(uid = %sandbox.uid, "sandbox created");
         Ok(Response::new(sandbox))
     }
@@ -200,7 +215,7 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let response = self.delete(request).await?;
+        let response = self.delete(scope.subject(), request).await?;
         tracing::info!("sandbox deleted");
         Ok(Response::new(response))
     }
@@ -213,7 +228,9 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let StopSandboxRequest { name, request_id } = request.into_inner();
         let name = scope.key(&name)?;
-        let sandbox = self.set_desired(name, Desired::Stopped, request_id).await?;
+        let sandbox = self
+            .set_desired(scope.subject(), name, Desired::Stopped, request_id)
+            .await?;
         tracing::info!("sandbox stop requested");
         Ok(Response::new(sandbox))
     }
@@ -226,7 +243,9 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let StartSandboxRequest { name, request_id } = request.into_inner();
         let name = scope.key(&name)?;
-        let sandbox = self.set_desired(name, Desired::Running, request_id).await?;
+        let sandbox = self
+            .set_desired(scope.subject(), name, Desired::Running, request_id)
+            .await?;
         tracing::info!("sandbox start requested");
         Ok(Response::new(sandbox))
     }
@@ -238,6 +257,17 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let ExecSandboxRequest { name, command } = request.into_inner();
         let name = scope.key(&name)?;
+        // Recorded before it runs; an exec that cannot be recorded does not run.
+        let record = Command::RecordExec {
+            name: name.clone(),
+            command: command.clone(),
+        };
+        audit::propose(
+            &self.node,
+            client_proposal(record, String::new(), scope.subject())?,
+        )
+        .await
+        .map_err(ApiError::from)?;
         Ok(Response::new(
             data_plane::exec(&self.node, &name, command).await?,
         ))
@@ -274,7 +304,8 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let op = operations::update(&self.node, request, self.keep_revisions).await?;
+        let op =
+            operations::update(&self.node, scope.subject(), request, self.keep_revisions).await?;
         tracing::info!(operation = %op.id, to = op.to_revision, "update started");
         Ok(Response::new(op))
     }
@@ -287,7 +318,7 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let op = operations::rollback(&self.node, request).await?;
+        let op = operations::rollback(&self.node, scope.subject(), request).await?;
         tracing::info!(operation = %op.id, to = op.to_revision, "rollback requested");
         Ok(Response::new(op))
     }
@@ -314,6 +345,30 @@ impl SandboxService for SandboxApi {
         Ok(Response::new(
             operations::list_revisions(&self.node, request).await?,
         ))
+    }
+
+    async fn sandbox_events(
+        &self,
+        request: Request<SandboxEventsRequest>,
+    ) -> Result<Response<SandboxEventsResponse>, Status> {
+        let scope = Scope::of(&request)?;
+        let key = scope.key(&request.into_inner().name)?;
+        self.node.read_barrier().await.map_err(ApiError::from)?;
+        let state = self.node.state().read();
+        let events = state
+            .table
+            .audit_of(&key)
+            .map(|e| AuditEvent {
+                index: e.index,
+                at_unix_ms: e.at_ms,
+                principal: e.principal.clone(),
+                action: e.action.clone(),
+                detail: e.detail.clone(),
+                request_id: e.request_id.clone().unwrap_or_default(),
+                outcome: e.outcome.clone(),
+            })
+            .collect();
+        Ok(Response::new(SandboxEventsResponse { events }))
     }
 
     async fn list_volumes(

@@ -12,6 +12,7 @@ use berth_proto::v1::{DeleteVolumeRequest, KeptVolume, ListVolumesResponse};
 use berth_raft::model::KeptVolume as KeptRecord;
 use berth_raft::{Command, CommandResponse, NodeError, RaftNode};
 
+use crate::auth::audit;
 use crate::auth::scope::Scope;
 use crate::error::ApiError;
 use crate::validate::{client_proposal, validate_volume_name};
@@ -99,9 +100,11 @@ pub async fn delete(
     let command = Command::DeleteVolume {
         volume: request.volume,
     };
-    match node
-        .propose(client_proposal(command, request.request_id)?)
-        .await?
+    match audit::propose(
+        node,
+        client_proposal(command, request.request_id, scope.subject())?,
+    )
+    .await?
     {
         CommandResponse::Volume { volume } => Ok(to_proto(&volume, None)),
         other => Err(NodeError::Internal(format!("unexpected command response {other:?}")).into()),

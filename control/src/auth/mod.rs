@@ -11,6 +11,7 @@
 //! denied; a credential that is presented but bad is refused even if
 //! another would have passed; a handler that finds no principal refuses.
 
+pub mod audit;
 pub mod bootstrap;
 pub mod chain;
 pub mod layer;

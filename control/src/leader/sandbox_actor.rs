@@ -33,6 +33,7 @@ use super::reconcile::{decide, Action, AgentOp, Inputs, NodeLink};
 use super::update_step::{self, Observations, Progress};
 use super::LeaderCtx;
 use crate::clock::now_ms;
+use crate::secrets::SecretError;
 
 const TICK: Duration = Duration::from_secs(1);
 /// A command unanswered this long is considered lost.
@@ -103,14 +104,23 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs).min(MAX_BACKOFF)
 }
 
-fn op_for(op: AgentOp, r: &SandboxRecord) -> command::Op {
-    match op {
+/// The command for the sandbox's agent. An Ensure carries the secret env,
+/// opened here and only here (the agent gets it over mutual TLS).
+fn op_for(op: AgentOp, r: &SandboxRecord) -> Result<command::Op, SecretError> {
+    Ok(match op {
         AgentOp::Ensure => command::Op::Ensure(Ensure {
             name: r.name.clone(),
             uid: r.uid.clone(),
             revision: r.revision,
             image: r.spec.image.clone(),
-            env: r.spec.env.clone().into_iter().collect(),
+            env: {
+                let mut env: std::collections::HashMap<String, String> =
+                    r.spec.env.clone().into_iter().collect();
+                for (name, sealed) in &r.spec.secret_env {
+                    env.insert(name.clone(), crate::secrets::open(&r.uid, name, sealed)?);
+                }
+                env
+            },
             policy: r.spec.policy.clone(),
             volume: r.volume.clone(),
             volume_uid: r.volume_owner().to_string(),
@@ -128,7 +138,7 @@ fn op_for(op: AgentOp, r: &SandboxRecord) -> command::Op {
             keep_volume,
             volume_uid: r.volume_owner().to_string(),
         }),
-    }
+    })
 }
 
 impl SandboxState {
@@ -300,8 +310,17 @@ impl SandboxState {
                     }
                 }
                 tracing::debug!(sandbox = %record.name, ?op, "sending command");
+                let command = match op_for(op, &record) {
+                    Ok(command) => command,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %record.name, error = %e, "cannot build the command");
+                        self.last_error = Some(e.to_string());
+                        self.next_attempt = Instant::now() + MAX_BACKOFF;
+                        return Ok(true);
+                    }
+                };
                 node_actor.send_message(NodeMsg::Send {
-                    op: op_for(op, &record),
+                    op: command,
                     reply_to: myself.clone().into(),
                 })?;
                 self.inflight = Some((Inflight::Container(op), Instant::now()));

@@ -23,6 +23,7 @@ pub const MAX_ENV_TOTAL_BYTES: usize = 256 * 1024;
 pub fn client_proposal(
     command: berth_raft::Command,
     request_id: String,
+    caller: &str,
 ) -> Result<berth_raft::Proposal, ApiError> {
     let id = if request_id.is_empty() {
         format!("auto-{}", uuid::Uuid::new_v4())
@@ -30,7 +31,12 @@ pub fn client_proposal(
         validate_request_id(&request_id)?;
         request_id
     };
-    Ok(berth_raft::Proposal::with_request_id(command, id))
+    let mut proposal = berth_raft::Proposal::with_request_id(command, id);
+    proposal.audit = Some(berth_raft::model::AuditStamp {
+        principal: caller.to_string(),
+        at_ms: crate::clock::now_ms(),
+    });
+    Ok(proposal)
 }
 
 /// `name` is 1-`max` of [A-Za-z0-9_.-], starting with a letter or digit.
@@ -112,6 +118,21 @@ pub fn validate_policy(policy: &str) -> Result<(), ApiError> {
 /// Environment variable names are POSIX names; values must not hold NUL.
 /// Limits: 256 variables, names of at most 256 bytes, values of at most
 /// 32 KiB, 256 KiB in all.
+/// Secret env follows the rules of env, and a name is either plain or
+/// secret, never both.
+pub fn validate_secret_env(
+    env: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    validate_env(secrets)?;
+    match secrets.keys().find(|k| env.contains_key(*k)) {
+        Some(both) => Err(ApiError::Invalid(format!(
+            "{both} is given both as env and as secret env"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if env.len() > MAX_ENV_VARS {
         return Err(ApiError::Invalid(format!(

@@ -117,6 +117,30 @@ pub struct TenantRecord {
     pub quota: Quota,
 }
 
+/// How many audit events the state keeps (oldest evicted first).
+pub const AUDIT_WINDOW: usize = 10_000;
+
+/// One client call that went through Raft, as the audit trail keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Log index of the entry (orders events and eviction).
+    pub index: u64,
+    pub at_ms: i64,
+    /// `token:<id>`, `cert:<name>` or `insecure`.
+    pub principal: String,
+    /// The sandbox's key, if the call named one.
+    #[serde(default)]
+    pub sandbox: Option<String>,
+    /// The command's kind and subject (`Command::subject`).
+    pub action: String,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// `ok`, or the refusal (`NotFound: ...`).
+    pub outcome: String,
+}
+
 /// What a tenant's sandboxes hold now, as the quota counts it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

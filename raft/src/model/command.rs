@@ -130,6 +130,9 @@ pub enum Command {
     RevokeToken { id: String, at_ms: i64 },
     /// Set a tenant's quota (checked when sandboxes are created or updated).
     SetQuota { tenant: String, quota: Quota },
+    /// Changes nothing but the audit trail: an exec into sandbox `name`,
+    /// recorded before the command runs.
+    RecordExec { name: String, command: Vec<String> },
 }
 
 /// What is proposed through Raft: a command plus the rules for applying it.
@@ -149,6 +152,18 @@ pub struct Proposal {
     pub term: Option<u64>,
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Who asked, for the audit trail: set by the API node from the
+    /// authenticated principal, never from the request.
+    #[serde(default)]
+    pub audit: Option<AuditStamp>,
+}
+
+/// The caller of a client proposal and when the API node accepted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStamp {
+    /// `token:<id>`, `cert:<name>` or `insecure`; never a secret.
+    pub principal: String,
+    pub at_ms: i64,
 }
 
 /// How many client request ids the state machine remembers.
@@ -163,6 +178,7 @@ impl Proposal {
             command,
             term: None,
             request_id: None,
+            audit: None,
         }
     }
 
@@ -190,6 +206,19 @@ impl From<Command> for Proposal {
 }
 
 impl Command {
+    /// The key of the sandbox a client command is about, if any.
+    pub fn sandbox(&self) -> Option<&str> {
+        match self {
+            Command::CreateSandbox { name, .. }
+            | Command::DeleteSandbox { name, .. }
+            | Command::SetDesired { name, .. }
+            | Command::UpdateSandbox { name, .. }
+            | Command::RollbackSandbox { name, .. }
+            | Command::RecordExec { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
     /// What the command is about, to tell a reused request id apart:
     /// the variant and the sandbox or node it names.
     pub fn subject(&self) -> String {
@@ -212,6 +241,7 @@ impl Command {
             Command::CreateToken { record } => ("create-token", &record.id),
             Command::RevokeToken { id, .. } => ("revoke-token", id),
             Command::SetQuota { tenant, .. } => ("set-quota", tenant),
+            Command::RecordExec { name, .. } => ("exec", name),
         };
         format!("{kind} {name}")
     }

@@ -10,9 +10,9 @@ mod sandbox;
 mod state;
 pub mod update;
 
-pub use auth::{Quota, Role, TenantRecord, TokenRecord, Usage, DEFAULT_TENANT};
+pub use auth::{AuditEvent, Quota, Role, TenantRecord, TokenRecord, Usage, DEFAULT_TENANT};
 pub use command::{
-    Command, CommandResponse, Proposal, Rejection, RejectionKind, RequestRecord,
+    AuditStamp, Command, CommandResponse, Proposal, Rejection, RejectionKind, RequestRecord,
     MAX_REQUEST_ID_LEN, REQUEST_WINDOW,
 };
 pub use node::{KeptVolume, NodeRecord};

@@ -17,6 +17,10 @@ pub struct SandboxSpec {
     /// Environment for the sandbox process.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret environment, each value sealed by the API node with the
+    /// cluster data key (never plaintext here, nor in the log).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
 }
 
 /// Where a sandbox is in its life.

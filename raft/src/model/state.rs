@@ -14,8 +14,8 @@ use super::command::RejectionKind::{
 };
 use super::update::{on_operator, Admission, OperatorCommand};
 use super::{
-    volume_name, Command, CommandResponse, Desired, KeptVolume, NodeRecord, Phase, Proposal,
-    RequestRecord, Revision, SandboxRecord, TenantRecord, TokenRecord, REQUEST_WINDOW,
+    volume_name, AuditEvent, Command, CommandResponse, Desired, KeptVolume, NodeRecord, Phase,
+    Proposal, RequestRecord, Revision, SandboxRecord, TenantRecord, TokenRecord, REQUEST_WINDOW,
 };
 
 /// Message of a sandbox that no node agent can take.
@@ -35,6 +35,8 @@ pub enum Change {
     DeleteVolume(String),
     PutToken(TokenRecord),
     PutTenant(TenantRecord),
+    PutAudit(AuditEvent),
+    DeleteAudit(u64),
 }
 
 /// All sandboxes and nodes, by name, and the recent client request ids.
@@ -51,6 +53,8 @@ pub struct State {
     tokens: BTreeMap<String, TokenRecord>,
     /// Tenants with a quota, by name.
     tenants: BTreeMap<String, TenantRecord>,
+    /// The audit trail of client calls, by log index (bounded).
+    audit: BTreeMap<u64, AuditEvent>,
 }
 
 type Applied = (CommandResponse, Vec<Change>);
@@ -137,6 +141,10 @@ impl State {
             }
             Change::PutToken(t) => self.insert_token(t.clone()),
             Change::PutTenant(t) => self.insert_tenant(t.clone()),
+            Change::PutAudit(e) => self.insert_audit(e.clone()),
+            Change::DeleteAudit(index) => {
+                self.audit.remove(index);
+            }
         }
     }
 
@@ -172,6 +180,18 @@ impl State {
     /// known request id with its first response, and otherwise applies the
     /// command (remembering the response under its request id).
     pub fn apply_proposal(&mut self, term: u64, index: u64, proposal: &Proposal) -> Applied {
+        let (response, mut changes) = self.apply_unaudited(term, index, proposal);
+        if let Some(stamp) = &proposal.audit {
+            let audit = self.audit_changes(index, stamp, proposal, &response);
+            for change in &audit {
+                self.take(change);
+            }
+            changes.extend(audit);
+        }
+        (response, changes)
+    }
+
+    fn apply_unaudited(&mut self, term: u64, index: u64, proposal: &Proposal) -> Applied {
         if let Some(proposed) = proposal.term {
             if proposed != term {
                 let msg = format!(
@@ -408,7 +428,8 @@ impl State {
             | Command::ReplaceNode { .. } => self.decide_volume_or_node(command),
             Command::CreateToken { .. }
             | Command::RevokeToken { .. }
-            | Command::SetQuota { .. } => self.decide_auth(command),
+            | Command::SetQuota { .. }
+            | Command::RecordExec { .. } => self.decide_auth(command),
             Command::UpdateSandbox { .. }
             | Command::RollbackSandbox { .. }
             | Command::AdvanceOperation { .. }

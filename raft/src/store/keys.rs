@@ -62,3 +62,11 @@ pub(crate) fn tenant_key(name: &str) -> Vec<u8> {
     key.extend_from_slice(name.as_bytes());
     key
 }
+
+pub(crate) const AUDIT_PREFIX: &[u8] = b"audit/";
+
+pub(crate) fn audit_key(index: u64) -> Vec<u8> {
+    let mut key = AUDIT_PREFIX.to_vec();
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, FORMAT_V1};
 use crate::model::{
-    KeptVolume, NodeRecord, RequestRecord, SandboxRecord, TenantRecord, TokenRecord,
+    AuditEvent, KeptVolume, NodeRecord, RequestRecord, SandboxRecord, TenantRecord, TokenRecord,
 };
 use crate::NodeId;
 
@@ -47,6 +47,7 @@ enum Item {
     Volume(KeptVolume),
     Token(TokenRecord),
     Tenant(TenantRecord),
+    Audit(AuditEvent),
 }
 
 /// A decoded snapshot: its meta and every record.
@@ -63,6 +64,8 @@ pub struct SnapshotFile {
     pub tokens: Vec<TokenRecord>,
     /// Tenants with a quota.
     pub tenants: Vec<TenantRecord>,
+    /// The audit trail.
+    pub audit: Vec<AuditEvent>,
 }
 
 impl SnapshotFile {
@@ -77,7 +80,8 @@ impl SnapshotFile {
                 + self.requests.len()
                 + self.volumes.len()
                 + self.tokens.len()
-                + self.tenants.len()) as u64,
+                + self.tenants.len()
+                + self.audit.len()) as u64,
         };
         push_frame(&mut out, &codec::encode(&header)?)?;
         for record in &self.records {
@@ -98,6 +102,9 @@ impl SnapshotFile {
         for tenant in &self.tenants {
             push_frame(&mut out, &codec::encode(&Item::Tenant(tenant.clone()))?)?;
         }
+        for event in &self.audit {
+            push_frame(&mut out, &codec::encode(&Item::Audit(event.clone()))?)?;
+        }
         Ok(out)
     }
 
@@ -110,6 +117,7 @@ impl SnapshotFile {
         let mut volumes = Vec::new();
         let mut tokens = Vec::new();
         let mut tenants = Vec::new();
+        let mut audit = Vec::new();
         while let Some(frame) = reader.next_frame()? {
             match codec::decode(frame)? {
                 Item::Sandbox(r) => records.push(r),
@@ -118,6 +126,7 @@ impl SnapshotFile {
                 Item::Volume(v) => volumes.push(v),
                 Item::Token(t) => tokens.push(t),
                 Item::Tenant(t) => tenants.push(t),
+                Item::Audit(e) => audit.push(e),
             }
         }
         let found = (records.len()
@@ -125,7 +134,8 @@ impl SnapshotFile {
             + requests.len()
             + volumes.len()
             + tokens.len()
-            + tenants.len()) as u64;
+            + tenants.len()
+            + audit.len()) as u64;
         if found != header.record_count {
             return Err(SnapshotError::CountMismatch {
                 expected: header.record_count,
@@ -140,6 +150,7 @@ impl SnapshotFile {
             volumes,
             tokens,
             tenants,
+            audit,
         })
     }
 
@@ -207,6 +218,7 @@ mod tests {
                     image: "busybox".into(),
                     policy: None,
                     env: Default::default(),
+                    secret_env: Default::default(),
                 },
                 revision: 1,
                 created_at_ms: 5,
@@ -276,6 +288,16 @@ mod tests {
                     ..Default::default()
                 },
             }],
+            audit: vec![AuditEvent {
+                index: 7,
+                at_ms: 8,
+                principal: "token:tok1".into(),
+                sandbox: Some("team.s0".into()),
+                action: "delete team.s0".into(),
+                detail: String::new(),
+                request_id: Some("r-1".into()),
+                outcome: "ok".into(),
+            }],
         }
     }
 
@@ -289,6 +311,7 @@ mod tests {
         assert_eq!(back.volumes, file(3).volumes);
         assert_eq!(back.tokens, file(3).tokens);
         assert_eq!(back.tenants, file(3).tenants);
+        assert_eq!(back.audit, file(3).audit);
         assert_eq!(back.meta, file(3).meta);
         assert_eq!(SnapshotFile::decode_meta(&bytes).unwrap(), file(3).meta);
     }

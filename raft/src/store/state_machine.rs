@@ -114,6 +114,9 @@ impl StateMachineStore {
             } else if key.starts_with(keys::TENANT_PREFIX) {
                 view.table
                     .insert_tenant(codec::decode(&value).map_err(io_read)?);
+            } else if key.starts_with(keys::AUDIT_PREFIX) {
+                view.table
+                    .insert_audit(codec::decode(&value).map_err(io_read)?);
             }
         }
         Ok(view)
@@ -184,6 +187,12 @@ fn persist(
             keys::tenant_key(&tenant.name),
             codec::encode(&tenant).map_err(io_write)?,
         ),
+        Change::PutAudit(event) => batch.put_cf(
+            sm_cf,
+            keys::audit_key(event.index),
+            codec::encode(&event).map_err(io_write)?,
+        ),
+        Change::DeleteAudit(index) => batch.delete_cf(sm_cf, keys::audit_key(index)),
     }
     Ok(())
 }
@@ -209,6 +218,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 volumes: view.table.volumes().cloned().collect(),
                 tokens: view.table.tokens().cloned().collect(),
                 tenants: view.table.tenants().cloned().collect(),
+                audit: view.table.audit().cloned().collect(),
             }
         };
         let bytes = file.encode().map_err(io_write)?;
@@ -304,7 +314,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .chain(file.requests.into_iter().map(Change::PutRequest))
             .chain(file.volumes.into_iter().map(Change::PutVolume))
             .chain(file.tokens.into_iter().map(Change::PutToken))
-            .chain(file.tenants.into_iter().map(Change::PutTenant));
+            .chain(file.tenants.into_iter().map(Change::PutTenant))
+            .chain(file.audit.into_iter().map(Change::PutAudit));
         for item in items {
             table.take(&item);
             persist(&mut batch, sm_cf, item)?;

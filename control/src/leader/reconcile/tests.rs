@@ -11,6 +11,7 @@ fn record(node: Option<&str>, desired: Desired) -> SandboxRecord {
             image: "img".into(),
             policy: None,
             env: Default::default(),
+            secret_env: Default::default(),
         },
         revision: 1,
         created_at_ms: 0,

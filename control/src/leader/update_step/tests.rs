@@ -10,6 +10,7 @@ fn spec(image: &str) -> SandboxSpec {
         image: image.into(),
         policy: None,
         env: Default::default(),
+        secret_env: Default::default(),
     }
 }
 

@@ -5,9 +5,10 @@
 //! its quota, because the check runs in the state machine, in log order,
 //! so two concurrent creates cannot both pass on a stale count.
 
-use super::{Applied, Change, State};
-use crate::model::auth::{split_key, TenantRecord, TokenRecord, Usage};
+use super::{not_found, Applied, Change, State};
+use crate::model::auth::{split_key, AuditEvent, TenantRecord, TokenRecord, Usage, AUDIT_WINDOW};
 use crate::model::command::RejectionKind::{AlreadyExists, NotFound, ResourceExhausted};
+use crate::model::{AuditStamp, Proposal};
 use crate::model::{Command, CommandResponse, SandboxSpec};
 
 /// What a spec's policy asks for: (cpu thousandths, memory bytes). A spec
@@ -58,6 +59,63 @@ impl State {
 
     pub fn insert_tenant(&mut self, tenant: TenantRecord) {
         self.tenants.insert(tenant.name.clone(), tenant);
+    }
+
+    pub fn insert_audit(&mut self, event: AuditEvent) {
+        self.audit.insert(event.index, event);
+    }
+
+    /// The whole audit trail, oldest first.
+    pub fn audit(&self) -> impl Iterator<Item = &AuditEvent> {
+        self.audit.values()
+    }
+
+    /// The audit trail of sandbox `key` (including calls that were
+    /// refused, and calls about earlier sandboxes of the same name).
+    pub fn audit_of<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a AuditEvent> {
+        self.audit
+            .values()
+            .filter(move |e| e.sandbox.as_deref() == Some(key))
+    }
+
+    /// The event recording `proposal` (applied at `index` with `response`),
+    /// and the evictions that keep the trail bounded.
+    pub(super) fn audit_changes(
+        &self,
+        index: u64,
+        stamp: &AuditStamp,
+        proposal: &Proposal,
+        response: &CommandResponse,
+    ) -> Vec<Change> {
+        let outcome = match response {
+            CommandResponse::Rejected { rejection } => {
+                format!("{:?}: {}", rejection.kind, rejection.message)
+            }
+            _ => "ok".to_string(),
+        };
+        let detail = match &proposal.command {
+            Command::RecordExec { command, .. } => command.join(" "),
+            _ => String::new(),
+        };
+        let event = AuditEvent {
+            index,
+            at_ms: stamp.at_ms,
+            principal: stamp.principal.clone(),
+            sandbox: proposal.command.sandbox().map(str::to_string),
+            action: proposal.command.subject(),
+            detail,
+            request_id: proposal.request_id.clone(),
+            outcome,
+        };
+        let excess = (self.audit.len() + 1).saturating_sub(AUDIT_WINDOW);
+        let mut changes = vec![Change::PutAudit(event)];
+        changes.extend(
+            self.audit
+                .keys()
+                .take(excess)
+                .map(|i| Change::DeleteAudit(*i)),
+        );
+        changes
     }
 
     /// What `tenant`'s sandboxes hold, counting each at its current spec.
@@ -171,6 +229,10 @@ impl State {
                 };
                 (response, vec![Change::PutToken(token)])
             }
+            Command::RecordExec { name, .. } => match self.sandbox(name) {
+                Some(_) => (CommandResponse::Applied, vec![]),
+                None => not_found(name),
+            },
             Command::SetQuota { tenant, quota } => {
                 let record = TenantRecord {
                     name: tenant.clone(),

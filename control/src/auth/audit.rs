@@ -1,0 +1,36 @@
+//! The audit trail. Every client write goes through [`propose`]: the
+//! proposal carries the caller (stamped by the API node from the
+//! authenticated principal), the state machine keeps one event per call in
+//! the replicated, bounded trail (`SandboxEvents` reads it per sandbox),
+//! and this node writes one JSON-able record on the `berth::audit` tracing
+//! target. Credentials never appear: a principal is `token:<id>`,
+//! `cert:<name>` or `insecure`.
+
+use berth_raft::{CommandResponse, NodeError, Proposal, RaftNode};
+
+/// Proposes a client's write and records it on `berth::audit`.
+pub async fn propose(node: &RaftNode, proposal: Proposal) -> Result<CommandResponse, NodeError> {
+    let action = proposal.command.subject();
+    let sandbox = proposal.command.sandbox().unwrap_or("").to_string();
+    let request_id = proposal.request_id.clone().unwrap_or_default();
+    let principal = proposal
+        .audit
+        .as_ref()
+        .map(|a| a.principal.clone())
+        .unwrap_or_default();
+    let result = node.propose(proposal).await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("{e}"),
+    };
+    tracing::info!(
+        target: "berth::audit",
+        principal = %principal,
+        action = %action,
+        sandbox = %sandbox,
+        request_id = %request_id,
+        outcome = %outcome,
+        "audit"
+    );
+    result
+}
