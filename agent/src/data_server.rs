@@ -69,24 +69,31 @@ impl AgentData for DataService {
 pub async fn serve(
     listener: TcpListener,
     driver: Arc<dyn Driver>,
-    tls: Option<(tonic::transport::ServerTlsConfig, berth_tls::Identity)>,
+    tls: Option<(Arc<berth_tls::Reloading>, berth_tls::Identity)>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentDataServer<DataService>>().await;
-    let mut builder = tonic::transport::Server::builder();
-    let mut allowed = None;
-    if let Some((settings, control)) = tls {
-        builder = builder.tls_config(settings)?;
-        allowed = Some(control);
-    }
+    let allowed = tls.as_ref().map(|(_, control)| control.clone());
     let data = InterceptedService::new(
         AgentDataServer::new(DataService::new(driver)),
         berth_tls::only(allowed, "the agent's data plane"),
     );
-    builder
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(data)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .add_service(data);
+    // With TLS, each handshake uses the certificates current when the
+    // connection arrives (they reload from disk without a restart).
+    match tls {
+        Some((tls, _)) => {
+            router
+                .serve_with_incoming_shutdown(berth_tls::incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    }
 }

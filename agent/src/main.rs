@@ -122,8 +122,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
         (Some(ca), Some(cert), Some(key)) => {
-            let material = berth_tls::Material::load(ca, cert, key)?;
-            let own = berth_proto::dial::set_tls(material.clone()).map_err(anyhow::Error::msg)?;
+            let reloading = berth_tls::Reloading::load(ca, cert, key)?;
+            reloading.watch(std::time::Duration::from_secs(2));
+            let own = berth_proto::dial::set_tls(reloading.clone()).map_err(anyhow::Error::msg)?;
             let wanted = berth_tls::Identity::Agent {
                 node: node_name.clone(),
             };
@@ -133,7 +134,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
             tracing::info!(identity = %own, "TLS on: control nodes must present {control_identity}");
-            Some((material.server(), control_identity.clone()))
+            Some((reloading, control_identity.clone()))
         }
         _ => None,
     };

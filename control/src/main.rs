@@ -23,6 +23,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use auth::chain::Chain;
 use auth::layer::Admission;
+
+/// How often the TLS files are checked for a change.
+const CERT_RELOAD_EVERY: Duration = Duration::from_secs(2);
 use berth_raft::{NodeConfig, RaftNode};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
@@ -153,8 +156,9 @@ async fn main() -> anyhow::Result<()> {
         bail!("berthd serves TLS only unless told otherwise: pass --tls-ca, --tls-cert and --tls-key (`berth certs` makes them), or --insecure to run without TLS");
     }
     if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-        let material = berth_tls::Material::load(ca, cert, key)?;
-        let own = berth_proto::dial::set_tls(material).map_err(anyhow::Error::msg)?;
+        let tls = berth_tls::Reloading::load(ca, cert, key)?;
+        tls.watch(CERT_RELOAD_EVERY);
+        let own = berth_proto::dial::set_tls(tls).map_err(anyhow::Error::msg)?;
         if !matches!(own, berth_tls::Identity::Server { .. }) {
             bail!(
                 "--tls-cert names {own}, not a server: issue one with `berth certs issue server`"
@@ -193,8 +197,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "berthd serving");
     let leadership = leader::Leadership::watch(node.clone());
-    let admission = match berth_proto::dial::tls() {
-        Some((_, berth_tls::Identity::Server { cluster })) => {
+    let admission = match berth_proto::dial::tls().map(|t| t.identity()) {
+        Some(berth_tls::Identity::Server { cluster }) => {
             tokio::spawn(auth::bootstrap::run(node.clone(), args.data_dir.clone()));
             Admission::Checked(Chain::standard(node.clone(), cluster.clone()))
         }

@@ -35,12 +35,7 @@ pub async fn serve(
     admission: Admission,
 ) -> anyhow::Result<()> {
     let tls = berth_proto::dial::tls();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some((material, _)) = tls {
-        builder = builder
-            .tls_config(material.server_optional_client())
-            .context("TLS settings")?;
-    }
+    let builder = tonic::transport::Server::builder();
     let raft = RaftServiceServer::new(RaftServer::new(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -57,7 +52,7 @@ pub async fn serve(
         .build_v1()
         .context("build reflection service")?;
 
-    builder
+    let router = builder
         .layer(AuthLayer::new(admission))
         .add_service(health_service)
         .add_service(reflection)
@@ -74,8 +69,20 @@ pub async fn serve(
             node.clone(),
             leadership,
         )))
-        .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .context("gRPC server failed")
+        .add_service(raft);
+    // With TLS, each handshake uses the certificates current when the
+    // connection arrives (they reload from disk without a restart).
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(berth_tls::incoming(listener, tls.clone()), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    }
+    .context("gRPC server failed")
 }

@@ -348,3 +348,112 @@ fn binaries_refuse_to_run_without_tls_unless_told_insecure() {
     // Nothing was written.
     assert!(!data.exists());
 }
+
+/// GetStatus over TLS, checking the server's certificate for `domain`.
+async fn status_as(
+    addr: &str,
+    client: &Material,
+    ca: &CertDir,
+    domain: &str,
+) -> Result<(), String> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca.ca_cert()).unwrap()))
+        .identity(client.tonic_identity())
+        .domain_name(domain);
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    berth_proto::v1::cluster_service_client::ClusterServiceClient::new(channel)
+        .get_status(berth_proto::v1::GetStatusRequest {})
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{s:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_from_disk_without_a_restart() -> anyhow::Result<()> {
+    let pki = tempfile::tempdir()?;
+    let ca = CertDir::init(pki.path(), "prod")?;
+    let nodes = ca.issue(Kind::Server, "nodes", &["127.0.0.1".into()], 1)?;
+    let args = tls_args(&ca, &nodes);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server_id = Identity::Server {
+        cluster: "prod".into(),
+    };
+    let admin = granted(&ca, "admin", "default", "platform-admin");
+    let mut cluster = TestCluster::start_tls(3, &args, admin.client(&server_id)).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let addr = cluster.addr(leader).to_string();
+
+    // The served certificate does not name rotated.example yet.
+    assert!(status_as(&addr, &admin, &ca, "rotated.example")
+        .await
+        .is_err());
+
+    // Issue the nodes' certificate again, now also for rotated.example,
+    // over the same files (through a rename, as `berth certs` writes).
+    ca.issue(
+        Kind::Server,
+        "nodes",
+        &["127.0.0.1".into(), "rotated.example".into()],
+        1,
+    )?;
+    let started = Instant::now();
+    loop {
+        match status_as(&addr, &admin, &ca, "rotated.example").await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the new certificate was never served: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every node serves it, and the cluster still replicates over the
+    // connections it had and the ones it makes.
+    for id in cluster.node_ids() {
+        let addr = cluster.addr(id).to_string();
+        let started = Instant::now();
+        while status_as(&addr, &admin, &ca, "rotated.example")
+            .await
+            .is_err()
+        {
+            assert!(started.elapsed() < Duration::from_secs(15), "node {id}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let mut client = cluster.sandboxes(leader).await?;
+    client
+        .create_sandbox(CreateSandboxRequest {
+            name: "after-reload".into(),
+            spec: Some(SandboxSpec {
+                image: "berth-test:v1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+
+    // A broken file is not taken: the node keeps serving the last good one.
+    std::fs::write(&nodes.cert, b"not a certificate")?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    status_as(&addr, &admin, &ca, "rotated.example")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let logs: String = cluster
+        .node_logs()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("TLS certificates not reloaded"),
+        "the refusal is logged"
+    );
+    Ok(())
+}

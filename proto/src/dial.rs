@@ -9,37 +9,37 @@
 //! and accept only a certificate naming this cluster's server identity.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use berth_tls::{Identity, Material};
+use berth_tls::{Identity, Reloading};
 use tonic::transport::Endpoint;
 
 static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
-static TLS: OnceLock<(Material, Identity)> = OnceLock::new();
+static TLS: OnceLock<Arc<Reloading>> = OnceLock::new();
 
-/// Sets this process's certificate, key and CA for every later connection
-/// to another control node (start-up only). Returns this process's own
-/// identity, read from its certificate.
-pub fn set_tls(material: Material) -> Result<Identity, String> {
-    let own = material.identity().map_err(|e| e.to_string())?;
-    let set = TLS.get_or_init(|| (material, own.clone()));
-    if set.1 == own {
+/// Sets this process's certificate, key and CA (reloaded when their files
+/// change) for every later connection (start-up only). Returns this
+/// process's own identity, read from its certificate.
+pub fn set_tls(tls: Arc<Reloading>) -> Result<Identity, String> {
+    let own = tls.identity().clone();
+    let set = TLS.get_or_init(|| tls);
+    if *set.identity() == own {
         Ok(own)
     } else {
-        Err(format!("TLS is already set up as {}", set.1))
+        Err(format!("TLS is already set up as {}", set.identity()))
     }
 }
 
-/// This process's TLS material and identity, if TLS is on.
-pub fn tls() -> Option<&'static (Material, Identity)> {
+/// This process's TLS material, if TLS is on.
+pub fn tls() -> Option<&'static Arc<Reloading>> {
     TLS.get()
 }
 
 /// An endpoint for another control node at `addr`: mutual TLS expecting
 /// this cluster's server identity when TLS is on, plain otherwise.
 pub fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    match tls() {
-        Some((_, own @ Identity::Server { .. })) => endpoint_for(addr, own),
+    match tls().map(|t| t.identity()) {
+        Some(own @ Identity::Server { .. }) => endpoint_for(addr, own),
         _ => endpoint(addr),
     }
 }
@@ -49,9 +49,9 @@ pub fn peer_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 /// plain otherwise.
 pub fn endpoint_for(addr: &str, peer: &Identity) -> Result<Endpoint, tonic::transport::Error> {
     match tls() {
-        Some((material, _)) => {
+        Some(tls) => {
             let host = addr.rsplit_once("://").map_or(addr, |(_, rest)| rest);
-            endpoint(&format!("https://{host}"))?.tls_config(material.client(peer))
+            endpoint(&format!("https://{host}"))?.tls_config(tls.material().client(peer))
         }
         None => endpoint(addr),
     }

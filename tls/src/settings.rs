@@ -14,9 +14,9 @@ use crate::{io, Identity, TlsError};
 /// A component's certificate, key and CA, as PEM.
 #[derive(Clone)]
 pub struct Material {
-    ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
+    pub(crate) ca: Vec<u8>,
+    pub(crate) cert: Vec<u8>,
+    pub(crate) key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Material {
@@ -50,6 +50,11 @@ impl Material {
     /// [`peer_identities`].
     pub fn server_optional_client(&self) -> ServerTlsConfig {
         self.server().client_auth_optional(true)
+    }
+
+    /// This certificate and key, to present as a tonic client.
+    pub fn tonic_identity(&self) -> TlsIdentity {
+        TlsIdentity::from_pem(&self.cert, &self.key)
     }
 
     /// The identity this material's own certificate speaks for.
