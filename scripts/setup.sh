@@ -2,7 +2,8 @@
 # Installs and configures what berth builds and runs with (Debian/Ubuntu):
 # protoc and libclang for the build; Podman with the runc runtime and a
 # static busybox for sandboxes and the locally built demo images; libfaketime
-# for the chaos suite's clock jumps. Starts the
+# for the chaos suite's clock jumps; Python's grpcio for the Python client
+# test. Starts the
 # Podman API service if it is not running. Idempotent. Needs root (or sudo).
 set -euo pipefail
 
@@ -22,6 +23,20 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+
+# The Python client test (clients/python) needs grpcio and its tools, for
+# the python3 on PATH (a pyenv one has pip; Debian's may need python3-pip
+# and leave to install beside its own packages).
+requirements="$(dirname "$0")/../clients/python/requirements.txt"
+if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+  echo "setup: installing the Python gRPC client packages" >&2
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  pip=(python3 -m pip install --quiet --disable-pip-version-check -r "$requirements")
+  "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
+fi
 
 # crun fails on hybrid cgroup hosts ("cgroups in hybrid mode not supported"):
 # use runc for every podman command and for the API service.

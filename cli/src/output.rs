@@ -305,6 +305,7 @@ pub fn print_events(format: Format, events: &[berth_proto::v1::AuditEvent]) {
                 .iter()
                 .map(|e| {
                     json!({ "index": e.index, "at_unix_ms": e.at_unix_ms, "principal": e.principal,
+                            "tenant": e.tenant,
                             "action": e.action, "detail": e.detail, "request_id": e.request_id,
                             "outcome": e.outcome })
                 })

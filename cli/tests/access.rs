@@ -93,7 +93,9 @@ fn tokens_roles_tenants_and_quotas_through_the_cli() {
 
     // Bad credentials: Unauthenticated, exit 6, one line.
     let secret = std::fs::read_to_string(&token_file).unwrap();
-    let forged = format!("{}0", &secret.trim()[..secret.trim().len() - 1]);
+    let secret = secret.trim();
+    let flipped = if secret.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{flipped}", &secret[..secret.len() - 1]);
     for bad in ["nonsense", "berth_00_11", forged.as_str()] {
         let run = c.with(bad, &["sandbox", "list"]);
         assert_eq!(run.code, 6, "{bad}: {}", run.stderr);
@@ -103,7 +105,7 @@ fn tokens_roles_tenants_and_quotas_through_the_cli() {
             run.stderr
         );
         assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
-        assert!(!run.stderr.contains(secret.trim()));
+        assert!(!run.stderr.contains(secret));
     }
 
     // Two tenants may use the same name; each sees only its own.

@@ -88,12 +88,11 @@ impl AccessApi {
         };
         match audit::propose(
             &self.node,
-            client_proposal(command, request.request_id, scope.subject())?,
+            client_proposal(command, request.request_id, scope)?,
         )
         .await?
         {
             CommandResponse::Token { record: made } if made.id == record.id => {
-                tracing::info!(target: "berth::audit", subject = scope.subject(), tenant = %tenant, token = %made.id, role = role.as_str(), "token created");
                 Ok(CreateTokenResponse {
                     token: Some(token_to_proto(&made)),
                     secret,
@@ -128,14 +127,11 @@ impl AccessApi {
         };
         match audit::propose(
             &self.node,
-            client_proposal(command, request.request_id, scope.subject())?,
+            client_proposal(command, request.request_id, scope)?,
         )
         .await?
         {
-            CommandResponse::Token { record } => {
-                tracing::info!(target: "berth::audit", subject = scope.subject(), token = %record.id, "token revoked");
-                Ok(token_to_proto(&record))
-            }
+            CommandResponse::Token { record } => Ok(token_to_proto(&record)),
             other => Err(unexpected(other)),
         }
     }
@@ -271,15 +267,11 @@ impl AccessService for AccessApi {
             tenant: tenant.clone(),
             quota,
         };
-        match audit::propose(
-            &self.node,
-            client_proposal(command, request_id, scope.subject())?,
-        )
-        .await
-        .map_err(ApiError::from)?
+        match audit::propose(&self.node, client_proposal(command, request_id, &scope)?)
+            .await
+            .map_err(ApiError::from)?
         {
             CommandResponse::Tenant { .. } => {
-                tracing::info!(target: "berth::audit", subject = scope.subject(), tenant = %tenant, "quota set");
                 Ok(Response::new(self.tenant(&scope, &tenant).await?))
             }
             other => Err(unexpected(other).into()),

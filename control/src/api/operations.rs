@@ -11,6 +11,7 @@ use berth_raft::{Command, CommandResponse, NodeError, RaftNode, SandboxRecord};
 
 use super::convert::{operation_to_proto, revision_to_proto};
 use crate::auth::audit;
+use crate::auth::scope::Scope;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::validate::{
@@ -75,7 +76,7 @@ async fn read(node: &RaftNode, name: &str) -> Result<SandboxRecord, ApiError> {
 
 pub async fn update(
     node: &RaftNode,
-    caller: &str,
+    caller: &Scope,
     request: UpdateSandboxRequest,
     keep_revisions: u32,
 ) -> Result<Operation, ApiError> {
@@ -146,7 +147,7 @@ pub async fn update(
 
 pub async fn rollback(
     node: &RaftNode,
-    caller: &str,
+    caller: &Scope,
     request: RollbackSandboxRequest,
 ) -> Result<Operation, ApiError> {
     let command = Command::RollbackSandbox {

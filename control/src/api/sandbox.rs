@@ -62,7 +62,7 @@ impl SandboxApi {
     /// `request.name` is already a key ([`Scope::key`]).
     async fn create(
         &self,
-        caller: &str,
+        caller: &Scope,
         request: CreateSandboxRequest,
     ) -> Result<Sandbox, ApiError> {
         let spec = request
@@ -132,7 +132,7 @@ impl SandboxApi {
 
     async fn delete(
         &self,
-        caller: &str,
+        caller: &Scope,
         request: DeleteSandboxRequest,
     ) -> Result<DeleteSandboxResponse, ApiError> {
         let command = Command::DeleteSandbox {
@@ -151,7 +151,7 @@ impl SandboxApi {
 
     async fn set_desired(
         &self,
-        caller: &str,
+        caller: &Scope,
         name: String,
         desired: Desired,
         request_id: String,
@@ -182,7 +182,7 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let sandbox = self.create(scope.subject(), request).await?;
+        let sandbox = self.create(&scope, request).await?;
         tracing::info!(uid = %sandbox.uid, "sandbox created");
         Ok(Response::new(sandbox))
     }
@@ -215,7 +215,7 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let response = self.delete(scope.subject(), request).await?;
+        let response = self.delete(&scope, request).await?;
         tracing::info!("sandbox deleted");
         Ok(Response::new(response))
     }
@@ -229,7 +229,7 @@ impl SandboxService for SandboxApi {
         let StopSandboxRequest { name, request_id } = request.into_inner();
         let name = scope.key(&name)?;
         let sandbox = self
-            .set_desired(scope.subject(), name, Desired::Stopped, request_id)
+            .set_desired(&scope, name, Desired::Stopped, request_id)
             .await?;
         tracing::info!("sandbox stop requested");
         Ok(Response::new(sandbox))
@@ -244,7 +244,7 @@ impl SandboxService for SandboxApi {
         let StartSandboxRequest { name, request_id } = request.into_inner();
         let name = scope.key(&name)?;
         let sandbox = self
-            .set_desired(scope.subject(), name, Desired::Running, request_id)
+            .set_desired(&scope, name, Desired::Running, request_id)
             .await?;
         tracing::info!("sandbox start requested");
         Ok(Response::new(sandbox))
@@ -262,12 +262,9 @@ impl SandboxService for SandboxApi {
             name: name.clone(),
             command: command.clone(),
         };
-        audit::propose(
-            &self.node,
-            client_proposal(record, String::new(), scope.subject())?,
-        )
-        .await
-        .map_err(ApiError::from)?;
+        audit::propose(&self.node, client_proposal(record, String::new(), &scope)?)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(
             data_plane::exec(&self.node, &name, command).await?,
         ))
@@ -304,8 +301,7 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let op =
-            operations::update(&self.node, scope.subject(), request, self.keep_revisions).await?;
+        let op = operations::update(&self.node, &scope, request, self.keep_revisions).await?;
         tracing::info!(operation = %op.id, to = op.to_revision, "update started");
         Ok(Response::new(op))
     }
@@ -318,7 +314,7 @@ impl SandboxService for SandboxApi {
         let scope = Scope::of(&request)?;
         let mut request = request.into_inner();
         request.name = scope.key(&request.name)?;
-        let op = operations::rollback(&self.node, scope.subject(), request).await?;
+        let op = operations::rollback(&self.node, &scope, request).await?;
         tracing::info!(operation = %op.id, to = op.to_revision, "rollback requested");
         Ok(Response::new(op))
     }
@@ -362,6 +358,7 @@ impl SandboxService for SandboxApi {
                 index: e.index,
                 at_unix_ms: e.at_ms,
                 principal: e.principal.clone(),
+                tenant: e.tenant.clone(),
                 action: e.action.clone(),
                 detail: e.detail.clone(),
                 request_id: e.request_id.clone().unwrap_or_default(),

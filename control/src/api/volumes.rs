@@ -100,12 +100,7 @@ pub async fn delete(
     let command = Command::DeleteVolume {
         volume: request.volume,
     };
-    match audit::propose(
-        node,
-        client_proposal(command, request.request_id, scope.subject())?,
-    )
-    .await?
-    {
+    match audit::propose(node, client_proposal(command, request.request_id, scope)?).await? {
         CommandResponse::Volume { volume } => Ok(to_proto(&volume, None)),
         other => Err(NodeError::Internal(format!("unexpected command response {other:?}")).into()),
     }

@@ -13,10 +13,10 @@ pub async fn propose(node: &RaftNode, proposal: Proposal) -> Result<CommandRespo
     let action = proposal.command.subject();
     let sandbox = proposal.command.sandbox().unwrap_or("").to_string();
     let request_id = proposal.request_id.clone().unwrap_or_default();
-    let principal = proposal
+    let (principal, tenant) = proposal
         .audit
         .as_ref()
-        .map(|a| a.principal.clone())
+        .map(|a| (a.principal.clone(), a.tenant.clone()))
         .unwrap_or_default();
     let result = node.propose(proposal).await;
     let outcome = match &result {
@@ -26,6 +26,7 @@ pub async fn propose(node: &RaftNode, proposal: Proposal) -> Result<CommandRespo
     tracing::info!(
         target: "berth::audit",
         principal = %principal,
+        tenant = %tenant,
         action = %action,
         sandbox = %sandbox,
         request_id = %request_id,

@@ -295,4 +295,23 @@ mod tests {
         assert_eq!(a.state(), ContainerState::Running);
         actor.stop(None);
     }
+
+    /// An agent's reports land under its own node only: a report about a
+    /// sandbox placed on another node is never what that sandbox's actor
+    /// sees (it reads its own node's inventory), so an agent can report
+    /// only on its own node's sandboxes.
+    #[tokio::test]
+    async fn an_agent_cannot_report_on_another_nodes_sandbox() {
+        let (actor, dir) = connected().await;
+        dir.connect("home", 2, actor.clone());
+        dir.set_inventory("home", 2, vec![obs("a", ContainerState::Running, 1)], 1);
+        // "n" claims the sandbox of "home" has exited.
+        dir.set_inventory("n", 1, vec![obs("a", ContainerState::Exited, 5)], 5);
+        dir.update_observed("n", "uid-a", obs("a", ContainerState::Exited, 6));
+        let Link::Connected(Some(a)) = dir.link("home", "uid-a") else {
+            panic!()
+        };
+        assert_eq!((a.state(), a.seq), (ContainerState::Running, 1));
+        actor.stop(None);
+    }
 }

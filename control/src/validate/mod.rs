@@ -23,7 +23,7 @@ pub const MAX_ENV_TOTAL_BYTES: usize = 256 * 1024;
 pub fn client_proposal(
     command: berth_raft::Command,
     request_id: String,
-    caller: &str,
+    caller: &crate::auth::scope::Scope,
 ) -> Result<berth_raft::Proposal, ApiError> {
     let id = if request_id.is_empty() {
         format!("auto-{}", uuid::Uuid::new_v4())
@@ -33,7 +33,8 @@ pub fn client_proposal(
     };
     let mut proposal = berth_raft::Proposal::with_request_id(command, id);
     proposal.audit = Some(berth_raft::model::AuditStamp {
-        principal: caller.to_string(),
+        principal: caller.subject().to_string(),
+        tenant: caller.tenant().to_string(),
         at_ms: crate::clock::now_ms(),
     });
     Ok(proposal)

@@ -128,6 +128,9 @@ pub struct AuditEvent {
     pub at_ms: i64,
     /// `token:<id>`, `cert:<name>` or `insecure`.
     pub principal: String,
+    /// The tenant the caller acted in.
+    #[serde(default)]
+    pub tenant: String,
     /// The sandbox's key, if the call named one.
     #[serde(default)]
     pub sandbox: Option<String>,

@@ -163,6 +163,9 @@ pub struct Proposal {
 pub struct AuditStamp {
     /// `token:<id>`, `cert:<name>` or `insecure`; never a secret.
     pub principal: String,
+    /// The tenant the caller acted in.
+    #[serde(default)]
+    pub tenant: String,
     pub at_ms: i64,
 }
 

@@ -292,6 +292,7 @@ mod tests {
                 index: 7,
                 at_ms: 8,
                 principal: "token:tok1".into(),
+                tenant: "team".into(),
                 sandbox: Some("team.s0".into()),
                 action: "delete team.s0".into(),
                 detail: String::new(),

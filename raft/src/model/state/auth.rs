@@ -101,6 +101,7 @@ impl State {
             index,
             at_ms: stamp.at_ms,
             principal: stamp.principal.clone(),
+            tenant: stamp.tenant.clone(),
             sandbox: proposal.command.sandbox().map(str::to_string),
             action: proposal.command.subject(),
             detail,
