@@ -24,17 +24,19 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
-# The Python client test (clients/python) needs grpcio and its tools, for
-# the python3 on PATH (a pyenv one has pip; Debian's may need python3-pip
-# and leave to install beside its own packages).
-requirements="$(dirname "$0")/../clients/python/requirements.txt"
-if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
-  echo "setup: installing the Python gRPC client packages" >&2
+# Python packages the tests use, for the python3 on PATH (a pyenv one has
+# pip; Debian's may need python3-pip and leave to install beside its own
+# packages): grpcio for the Python client test (clients/python), and
+# kubernetes-validate for the kube driver's schema checks (deploy/).
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null; then
+  echo "setup: installing the Python packages the tests use" >&2
   if ! python3 -m pip --version >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
   fi
-  pip=(python3 -m pip install --quiet --disable-pip-version-check -r "$requirements")
+  pip=(python3 -m pip install --quiet --disable-pip-version-check
+       -r "$root/clients/python/requirements.txt" -r "$root/deploy/requirements.txt")
   "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
 fi
 

@@ -24,6 +24,7 @@ mod container_exec;
 mod container_observed;
 mod container_policy;
 pub mod engine;
+pub mod kube;
 mod limits;
 pub mod memory_driver;
 
