@@ -200,7 +200,10 @@ async fn main() -> anyhow::Result<()> {
     let admission = match berth_proto::dial::tls().map(|t| t.identity()) {
         Some(berth_tls::Identity::Server { cluster }) => {
             tokio::spawn(auth::bootstrap::run(node.clone(), args.data_dir.clone()));
-            Admission::Checked(Chain::standard(node.clone(), cluster.clone()))
+            Admission::Checked {
+                chain: Chain::standard(node.clone(), cluster.clone()),
+                node: node.clone(),
+            }
         }
         _ => Admission::Insecure,
     };

@@ -327,24 +327,35 @@ async fn setup() -> anyhow::Result<Setup> {
 impl Setup {
     /// A channel with an ungranted client certificate (TLS only) and `meta`.
     async fn chan(&self, node: u64, meta: Meta) -> Chan {
-        let bare = &self.bare;
-        let channel = Endpoint::from_shared(format!("https://{}", self.cluster.addr(node)))
+        InterceptedService::new(self.raw(node).await, meta)
+    }
+
+    /// A connected channel to `node` with the ungranted certificate.
+    async fn raw(&self, node: u64) -> Channel {
+        Endpoint::from_shared(format!("https://{}", self.cluster.addr(node)))
             .unwrap()
-            .tls_config(bare.client(&self.server))
+            .tls_config(self.bare.client(&self.server))
             .unwrap()
             .timeout(Duration::from_secs(20))
             .connect()
             .await
-            .unwrap();
-        InterceptedService::new(channel, meta)
+            .unwrap()
     }
 
     async fn admin(&self) -> AccessServiceClient<Channel> {
-        AccessServiceClient::new(self.cluster.channel(1).await.unwrap())
+        self.admin_via(1).await
+    }
+
+    async fn admin_via(&self, node: u64) -> AccessServiceClient<Channel> {
+        AccessServiceClient::new(self.cluster.channel(node).await.unwrap())
     }
 
     async fn token(&self, tenant: &str, role: &str, ttl_seconds: u64) -> String {
-        self.admin()
+        self.token_via(1, tenant, role, ttl_seconds).await
+    }
+
+    async fn token_via(&self, node: u64, tenant: &str, role: &str, ttl_seconds: u64) -> String {
+        self.admin_via(node)
             .await
             .create_token(CreateTokenRequest {
                 tenant: tenant.into(),
@@ -679,5 +690,42 @@ async fn concurrent_creates_across_nodes_admit_exactly_the_quota() -> anyhow::Re
         .await?
         .into_inner();
     assert_eq!(tenant.sandboxes, 5);
+    Ok(())
+}
+
+/// Read-your-writes for credentials: a token made through one node works
+/// at once on a node that has not applied it yet (that node waits for a
+/// linearizable read point before calling an unknown token unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_works_at_once_on_a_node_that_lags() -> anyhow::Result<()> {
+    let mut setup = setup().await?;
+    let leader = setup
+        .cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await?;
+    let lagging = setup
+        .cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    for round in 0..5 {
+        // A connection to the lagging node, open before it stops.
+        let channel = setup.raw(lagging).await;
+        setup.cluster.process(lagging).unwrap().pause()?;
+        let made = setup.token_via(leader, "lag", "reader", 0).await;
+        setup.cluster.process(lagging).unwrap().resume()?;
+        let chan = InterceptedService::new(
+            channel,
+            Meta {
+                token: Some(made),
+                tenant: None,
+            },
+        );
+        let me = AccessServiceClient::new(chan)
+            .who_am_i(WhoAmIRequest {})
+            .await;
+        assert!(me.is_ok(), "round {round}: {me:?}");
+    }
     Ok(())
 }

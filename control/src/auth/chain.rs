@@ -18,15 +18,35 @@ use http::{Extensions, HeaderMap};
 use super::{token, Principal};
 use crate::clock::now_ms;
 
+/// Why a presented credential was not accepted (the reason never
+/// contains the credential).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It proves nothing.
+    Bad(String),
+    /// It names something this node has not heard of: it may have been
+    /// made through another node and not applied here yet, so the caller
+    /// asks again after catching up with the cluster (read-your-writes).
+    Unknown(String),
+}
+
+impl Refusal {
+    pub fn message(self) -> String {
+        match self {
+            Refusal::Bad(m) | Refusal::Unknown(m) => m,
+        }
+    }
+}
+
 /// One kind of credential.
 pub trait Authenticator: Send + Sync {
     /// `Ok(None)`: no credential of this kind. `Err`: one was presented
-    /// and proves nothing (the reason never contains the credential).
+    /// and was not accepted.
     fn authenticate(
         &self,
         headers: &HeaderMap,
         extensions: &Extensions,
-    ) -> Result<Option<Principal>, String>;
+    ) -> Result<Option<Principal>, Refusal>;
 }
 
 /// Authenticators in order.
@@ -46,7 +66,7 @@ impl Chain {
         &self,
         headers: &HeaderMap,
         extensions: &Extensions,
-    ) -> Result<Option<Principal>, String> {
+    ) -> Result<Option<Principal>, Refusal> {
         for authenticator in &self.0 {
             if let Some(principal) = authenticator.authenticate(headers, extensions)? {
                 return Ok(Some(principal));
@@ -67,27 +87,31 @@ impl Authenticator for BearerToken {
         &self,
         headers: &HeaderMap,
         _extensions: &Extensions,
-    ) -> Result<Option<Principal>, String> {
+    ) -> Result<Option<Principal>, Refusal> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             return Ok(None);
         };
+        let bad = |m: &str| Refusal::Bad(m.to_string());
         let text = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or("the authorization header is not `Bearer <token>`")?;
-        let (id, secret) = token::parse(text.trim()).ok_or("the bearer token is malformed")?;
+            .ok_or_else(|| bad("the authorization header is not `Bearer <token>`"))?;
+        let (id, secret) =
+            token::parse(text.trim()).ok_or_else(|| bad("the bearer token is malformed"))?;
         let state = self.node.state().read();
         let record = state
             .table
             .token(id)
-            .filter(|r| token::matches(r, secret))
-            .ok_or("the token is not known to this cluster")?;
+            .ok_or_else(|| Refusal::Unknown("the token is not known to this cluster".into()))?;
+        if !token::matches(record, secret) {
+            return Err(bad("the token is not known to this cluster"));
+        }
         if let Some(at) = record.revoked_at_ms {
-            return Err(format!("token {id} was revoked (at {at} ms)"));
+            return Err(Refusal::Bad(format!("token {id} was revoked (at {at} ms)")));
         }
         if !record.is_valid_at(now_ms()) {
-            return Err(format!("token {id} has expired"));
+            return Err(Refusal::Bad(format!("token {id} has expired")));
         }
         Ok(Some(Principal::Client {
             subject: format!("token:{id}"),
@@ -110,20 +134,22 @@ impl Authenticator for Certificate {
         &self,
         _headers: &HeaderMap,
         extensions: &Extensions,
-    ) -> Result<Option<Principal>, String> {
+    ) -> Result<Option<Principal>, Refusal> {
         let Some(der) = berth_tls::peer_certificate_in(extensions) else {
             return Ok(None);
         };
-        let identities = Identity::of_certificate(&der).map_err(|e| e.to_string())?;
+        let identities = Identity::of_certificate(&der).map_err(|e| Refusal::Bad(e.to_string()))?;
         let Some(identity) = identities.first() else {
-            return Err("the client certificate names no berth identity".to_string());
+            return Err(Refusal::Bad(
+                "the client certificate names no berth identity".to_string(),
+            ));
         };
         match identity {
             Identity::Server { cluster } if *cluster == self.cluster => Ok(Some(Principal::Server)),
-            Identity::Server { cluster } => Err(format!(
+            Identity::Server { cluster } => Err(Refusal::Bad(format!(
                 "the certificate is for cluster {cluster:?}, not {:?}",
                 self.cluster
-            )),
+            ))),
             Identity::Agent { node } => Ok(Some(Principal::Agent { node: node.clone() })),
             Identity::Client { name } => {
                 // A client certificate without a grant only got through the
@@ -132,10 +158,10 @@ impl Authenticator for Certificate {
                     return Ok(None);
                 };
                 let role = Role::parse(&grant.role).ok_or_else(|| {
-                    format!(
+                    Refusal::Bad(format!(
                         "client certificate {name:?} grants an unknown role {:?}",
                         grant.role
-                    )
+                    ))
                 })?;
                 Ok(Some(Principal::Client {
                     subject: format!("cert:{name}"),

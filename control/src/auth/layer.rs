@@ -2,6 +2,10 @@
 //! authenticates the caller, checks the method's entry in the table, and
 //! passes the [`Principal`] to the handler in the request's extensions, or
 //! answers the call itself with Unauthenticated or PermissionDenied.
+//!
+//! Read-your-writes for credentials: a token this node has not heard of may
+//! have just been made through another node, so before calling it unknown
+//! the layer waits for a linearizable read point and looks again.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,10 +13,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use berth_raft::model::Role;
+use berth_raft::RaftNode;
 use http::{Request, Response};
 use tonic::Status;
 
-use super::chain::Chain;
+use super::chain::{Chain, Refusal};
 use super::table::{self, Required};
 use super::Principal;
 
@@ -21,35 +26,54 @@ use super::Principal;
 pub enum Admission {
     /// `--insecure`: every caller is a platform admin of the default tenant.
     Insecure,
-    /// Authenticate with the chain, then authorize with the table.
-    Checked(Chain),
+    /// Authenticate with the chain, then authorize with the table; `node`
+    /// gives the read point a credential unknown here is looked up after.
+    Checked { chain: Chain, node: Arc<RaftNode> },
+}
+
+/// Why a call was not admitted at once.
+enum Denial {
+    Refused(Status),
+    /// A credential this node has not applied yet: catch up, ask again.
+    CatchUp,
+}
+
+impl From<Status> for Denial {
+    fn from(status: Status) -> Self {
+        Denial::Refused(status)
+    }
 }
 
 impl Admission {
-    /// The caller of the method at `path`, if it may call it.
-    pub fn admit(
+    /// The caller of the method at `path`, if it may call it. After
+    /// `caught_up`, an unknown credential is refused.
+    fn admit(
         &self,
         path: &str,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
-    ) -> Result<Option<Principal>, Status> {
+        caught_up: bool,
+    ) -> Result<Option<Principal>, Denial> {
         let required = table::required(path).ok_or_else(|| {
             Status::permission_denied(format!("{path} is not in the authorization table"))
         })?;
         let chain = match self {
             Admission::Insecure => return Ok(Some(Principal::insecure())),
-            Admission::Checked(chain) => chain,
+            Admission::Checked { chain, .. } => chain,
         };
-        let principal = chain
-            .authenticate(headers, extensions)
-            .map_err(Status::unauthenticated)?;
+        let principal = match chain.authenticate(headers, extensions) {
+            Ok(principal) => principal,
+            Err(Refusal::Unknown(_)) if !caught_up => return Err(Denial::CatchUp),
+            Err(refusal) => return Err(Status::unauthenticated(refusal.message()).into()),
+        };
         if required == Required::Anyone {
             return Ok(principal);
         }
         let Some(principal) = principal else {
             return Err(Status::unauthenticated(
                 "no credential: pass a token (--token or BERTH_TOKEN) or a client certificate",
-            ));
+            )
+            .into());
         };
         let allowed = match (required, &principal) {
             (Required::Role(needed), Principal::Client { role, .. }) => *role >= needed,
@@ -73,9 +97,17 @@ impl Admission {
             }
             other => other.subject(),
         };
-        Err(Status::permission_denied(format!(
-            "{path} needs {needs}; the caller is {has}"
-        )))
+        Err(Status::permission_denied(format!("{path} needs {needs}; the caller is {has}")).into())
+    }
+
+    /// Waits (bounded by the node's request timeout) until this node has
+    /// applied everything committed before now.
+    async fn catch_up(&self) {
+        if let Admission::Checked { node, .. } = self {
+            if let Err(e) = node.read_barrier().await {
+                tracing::debug!(error = %e, "could not catch up to check a credential");
+            }
+        }
     }
 }
 
@@ -86,6 +118,18 @@ fn display_role(role: Role) -> &'static str {
         Role::Admin => "an admin",
         Role::PlatformAdmin => "a platform admin",
     }
+}
+
+/// The answer to a refused call, logged on the audit target.
+fn refused<R: Default>(path: &str, status: Status) -> Response<R> {
+    tracing::info!(
+        target: "berth::audit",
+        method = path,
+        outcome = ?status.code(),
+        reason = status.message(),
+        "call refused"
+    );
+    status.into_http()
 }
 
 /// The layer; see the module doc.
@@ -137,30 +181,41 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let admitted = self.admission.admit(
-            request.uri().path(),
-            request.headers(),
-            request.extensions(),
-        );
+        // The clone is not ready; the ready one serves this call.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path().to_string();
+        let admitted = self
+            .admission
+            .admit(&path, request.headers(), request.extensions(), false);
         match admitted {
             Ok(principal) => {
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
                 }
-                // The clone is not ready; the ready one serves this call.
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
                 Box::pin(ready.call(request))
             }
-            Err(status) => {
-                tracing::info!(
-                    target: "berth::audit",
-                    method = request.uri().path(),
-                    outcome = ?status.code(),
-                    reason = status.message(),
-                    "call refused"
-                );
-                Box::pin(async move { Ok(status.into_http()) })
+            Err(Denial::Refused(status)) => Box::pin(async move { Ok(refused(&path, status)) }),
+            Err(Denial::CatchUp) => {
+                let admission = self.admission.clone();
+                Box::pin(async move {
+                    admission.catch_up().await;
+                    let again =
+                        admission.admit(&path, request.headers(), request.extensions(), true);
+                    match again {
+                        Ok(principal) => {
+                            if let Some(principal) = principal {
+                                request.extensions_mut().insert(principal);
+                            }
+                            ready.call(request).await
+                        }
+                        Err(Denial::Refused(status)) => Ok(refused(&path, status)),
+                        Err(Denial::CatchUp) => Ok(refused(
+                            &path,
+                            Status::unauthenticated("the credential is not known to this cluster"),
+                        )),
+                    }
+                })
             }
         }
     }
