@@ -15,6 +15,9 @@ use crate::Failure;
 /// Request deadline: a little over the server's own bound, so the server's
 /// answer (for example "no quorum") arrives before the client gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long one control node may take to accept a connection (TCP and
+/// the TLS handshake) before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A fresh idempotency key for one mutating request: the control plane
 /// applies a request id at most once, whoever retries it.
@@ -100,14 +103,18 @@ impl Control {
             }
             .connect_timeout(Duration::from_secs(1))
             .timeout(REQUEST_TIMEOUT);
-            match endpoint.connect().await {
-                Ok(channel) => {
+            // The TLS handshake is not bounded by the connect timeout: a
+            // node that accepts but never answers (paused, overloaded)
+            // must not hold the CLI; the next address is tried.
+            match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+                Ok(Ok(channel)) => {
                     return Ok(Self {
                         channel,
                         credentials: credentials.clone(),
                     })
                 }
-                Err(e) => errors.push(format!("{addr}: {e}")),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: no answer within {CONNECT_TIMEOUT:?}")),
             }
         }
         Err(Failure {

@@ -273,4 +273,13 @@ fn tokens_roles_tenants_and_quotas_through_the_cli() {
     let tenant = json(&c.with(&q, &["-o", "json", "tenant", "get"]));
     assert_eq!(tenant["usage"]["sandboxes"], 2);
     assert_eq!(tenant["quota"]["max_sandboxes"], 2);
+
+    // A node that accepts connections but never answers (paused, say)
+    // does not hold the CLI: it moves on to the next address.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = format!("{},{}", silent.local_addr().unwrap(), c.control);
+    let started = std::time::Instant::now();
+    let run = berth_home(c.home, &control, &["sandbox", "list"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

@@ -292,7 +292,9 @@ impl TestCluster {
         let endpoint = endpoint
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30));
-        Ok(endpoint.connect().await?)
+        // Bounded as a whole: the TLS handshake with a paused node would
+        // otherwise wait forever.
+        Ok(tokio::time::timeout(Duration::from_secs(5), endpoint.connect()).await??)
     }
 
     pub async fn sandboxes(&self, id: u64) -> anyhow::Result<SandboxServiceClient<Channel>> {
