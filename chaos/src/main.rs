@@ -9,6 +9,7 @@ mod clock;
 mod history;
 mod nemesis;
 mod net;
+mod pki;
 mod profile;
 mod sampler;
 mod summary;
@@ -57,6 +58,10 @@ struct Args {
     /// separated.
     #[arg(long = "break", value_name = "FAULT")]
     break_: Option<String>,
+    /// Run the cluster without TLS or authentication (by default every
+    /// link is mutual TLS and every call carries a credential).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -108,21 +113,44 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         eprintln!("berth-chaos: DELIBERATELY BROKEN processes: {b}");
     }
     let net = net::ChaosNet::default();
+    let pki_dir = tempfile::tempdir()?;
+    let pki = if args.insecure {
+        None
+    } else {
+        Some(pki::Pki::new(pki_dir.path())?)
+    };
     // Frequent snapshots, so that building, sending and installing them
     // happen under faults too.
-    let mut cluster = TestCluster::start_fronted(
-        profile.control_nodes,
-        &["--snapshot-every", "150", "--logs-to-keep", "50"],
-        &broken,
-        Some(Box::new(net.clone())),
-    )
-    .await?;
+    let mut node_args: Vec<String> = ["--snapshot-every", "150", "--logs-to-keep", "50"]
+        .map(String::from)
+        .to_vec();
+    node_args.extend(pki.as_ref().map(pki::Pki::node_args).unwrap_or_default());
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let fronting: Option<Box<dyn berth_testkit::Fronting>> = Some(Box::new(net.clone()));
+    let mut cluster = match &pki {
+        Some(pki) => {
+            TestCluster::start_fronted_tls(
+                profile.control_nodes,
+                &node_args,
+                &broken,
+                fronting,
+                pki.client(),
+            )
+            .await?
+        }
+        None => {
+            TestCluster::start_fronted(profile.control_nodes, &node_args, &broken, fronting).await?
+        }
+    };
     cluster.set_agent_env(&broken);
     let control = cluster.control_addrs();
     let agent_names: Vec<String> = (1..=profile.agents)
         .map(|i| format!("chaos-node-{i}"))
         .collect();
     for name in &agent_names {
+        if let Some(pki) = &pki {
+            cluster.set_agent_args_of(name, &pki.agent_args(name)?);
+        }
         cluster.start_agent_with(name, &control, "container")?;
         wait_agent_ready(&cluster, name, Duration::from_secs(60)).await?;
     }
@@ -170,6 +198,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         history: history.clone(),
         started,
         seed,
+        tls: cluster.client_tls().cloned(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let clients: Vec<_> = (0..profile.clients)

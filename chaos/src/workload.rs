@@ -21,7 +21,7 @@ use berth_testkit::podman::{TEST_IMAGE_CRASH, TEST_IMAGE_V1, TEST_IMAGE_V2};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::history::{millis, History, Op, OpKind, Outcome, Value};
@@ -49,6 +49,9 @@ pub struct Workload {
     pub history: Arc<History>,
     pub started: Instant,
     pub seed: u64,
+    /// TLS (with the workload's client certificate) when the cluster
+    /// serves it.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 enum Call {
@@ -65,11 +68,18 @@ impl Workload {
     async fn connect(&self, first: usize) -> Option<SandboxServiceClient<Channel>> {
         for i in 0..self.addrs.len() {
             let addr = &self.addrs[(first + i) % self.addrs.len()];
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                .ok()?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(CALL_TIMEOUT);
-            if let Ok(channel) = endpoint.connect().await {
+            let endpoint = match &self.tls {
+                Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                    .ok()?
+                    .tls_config(tls.clone())
+                    .ok()?,
+                None => Endpoint::from_shared(format!("http://{addr}")).ok()?,
+            }
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(CALL_TIMEOUT);
+            // Bounded as a whole: a paused node never ends a TLS handshake.
+            let connected = tokio::time::timeout(Duration::from_secs(2), endpoint.connect()).await;
+            if let Ok(Ok(channel)) = connected {
                 return Some(SandboxServiceClient::new(channel));
             }
         }

@@ -37,6 +37,8 @@ pub struct TestCluster {
     agent_env_of: BTreeMap<String, Vec<(String, String)>>,
     /// Extra arguments of every agent (for example its `--tls-*` flags).
     agent_args: Vec<String>,
+    /// Extra args of one agent (its own certificate, say).
+    agent_args_of: BTreeMap<String, Vec<String>>,
     agents: BTreeMap<String, NodeSlot>,
     /// Sandboxes whose containers and volumes are purged on drop.
     sandboxes: Vec<String>,
@@ -88,6 +90,23 @@ impl TestCluster {
         Self::start_inner(n, extra_args, &[], None, Some(client_tls)).await
     }
 
+    /// [`TestCluster::start_fronted`] for nodes that serve TLS only; the
+    /// harness's own clients use `client_tls`.
+    pub async fn start_fronted_tls(
+        n: u64,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        fronting: Option<Box<dyn Fronting>>,
+        client_tls: ClientTlsConfig,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(n, extra_args, env, fronting, Some(client_tls)).await
+    }
+
+    /// The TLS settings the harness's clients use, if the nodes serve TLS.
+    pub fn client_tls(&self) -> Option<&ClientTlsConfig> {
+        self.client_tls.as_ref()
+    }
+
     async fn start_inner(
         n: u64,
         extra_args: &[&str],
@@ -118,6 +137,7 @@ impl TestCluster {
             agent_env: Vec::new(),
             agent_env_of: BTreeMap::new(),
             agent_args: Vec::new(),
+            agent_args_of: BTreeMap::new(),
             agents: BTreeMap::new(),
             sandboxes: Vec::new(),
             fronting,
@@ -224,6 +244,10 @@ impl TestCluster {
     }
 
     /// Extra arguments for every agent started from now on.
+    pub fn set_agent_args_of(&mut self, name: &str, args: &[String]) {
+        self.agent_args_of.insert(name.to_string(), args.to_vec());
+    }
+
     pub fn set_agent_args(&mut self, args: &[&str]) {
         self.agent_args = args.iter().map(|s| s.to_string()).collect();
     }
@@ -430,6 +454,7 @@ impl TestCluster {
             args.extend(["--source-ip".to_string(), ip.to_string()]);
         }
         args.extend(self.agent_args.iter().cloned());
+        args.extend(self.agent_args_of.get(name).cloned().unwrap_or_default());
         if !args.iter().any(|a| a == "--tls-cert") {
             args.push("--insecure".to_string());
         }
