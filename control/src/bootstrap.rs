@@ -110,9 +110,17 @@ pub async fn join(join: &str, id: NodeId, addr: &str, deadline: Duration) -> any
 }
 
 async fn try_join(target: &str, id: NodeId, addr: &str) -> Result<(), tonic::Status> {
-    let mut client = ClusterServiceClient::connect(format!("http://{target}"))
+    // As a control node: over mutual TLS with this node's server
+    // certificate when TLS is on (the cluster admits a server to join).
+    let channel = berth_proto::dial::peer_endpoint(target)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30));
+    let channel = tokio::time::timeout(Duration::from_secs(5), channel.connect())
         .await
+        .map_err(|_| tonic::Status::unavailable("no answer"))?
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = ClusterServiceClient::new(channel);
     client
         .add_node(AddNodeRequest {
             id,

@@ -169,6 +169,24 @@ async fn control_nodes_replicate_over_mutual_tls_and_refuse_other_identities() -
         "{err:?}"
     );
 
+    // A new node with this cluster's server certificate joins over mutual
+    // TLS (`berthd --join` asks as a control node).
+    cluster.start_joining(4)?;
+    let started = Instant::now();
+    loop {
+        let status = cluster.status(leader).await?;
+        let four = status.members.iter().find(|m| m.id == 4);
+        if four.is_some_and(|m| m.role == berth_proto::v1::MemberRole::Follower as i32) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 4 never joined: {status:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The cluster is unharmed.
     cluster.wait_for_leader(Duration::from_secs(10)).await?;
     Ok(())

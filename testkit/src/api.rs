@@ -16,9 +16,9 @@ pub fn unique(tag: &str) -> String {
     format!("{tag}-{}", std::process::id())
 }
 
-/// Any running control node's id.
+/// Any control node that runs and is not paused.
 pub fn any_node(cluster: &mut TestCluster) -> u64 {
-    cluster.running().first().copied().unwrap_or(1)
+    cluster.responsive().first().copied().unwrap_or(1)
 }
 
 pub async fn create(cluster: &mut TestCluster, name: &str, image: &str) -> anyhow::Result<Sandbox> {

@@ -158,6 +158,20 @@ impl TestCluster {
         self.nodes.get(&id).map(|s| s.addr.as_str()).unwrap_or("")
     }
 
+    /// Ids of nodes that run and are not paused: the ones that answer.
+    pub fn responsive(&mut self) -> Vec<u64> {
+        let running = self.running();
+        running
+            .into_iter()
+            .filter(|id| {
+                self.nodes
+                    .get(id)
+                    .and_then(|s| s.process.as_ref())
+                    .is_some_and(|p| !p.is_paused())
+            })
+            .collect()
+    }
+
     /// Ids of nodes whose process is running.
     pub fn running(&mut self) -> Vec<u64> {
         self.nodes

@@ -34,6 +34,8 @@ pub struct NodeProcess {
     pub name: String,
     pub log: PathBuf,
     child: Option<Child>,
+    /// Stopped with SIGSTOP and not resumed since.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl NodeProcess {
@@ -69,6 +71,7 @@ impl NodeProcess {
             name: name.to_string(),
             log: log.to_path_buf(),
             child: Some(child),
+            paused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -93,12 +96,22 @@ impl NodeProcess {
 
     /// Sends SIGSTOP (the process freezes, keeping its sockets).
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGSTOP)
+        self.signal(Signal::SIGSTOP)?;
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Sends SIGCONT.
     pub fn resume(&self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGCONT)
+        self.signal(Signal::SIGCONT)?;
+        self.paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Paused with [`NodeProcess::pause`] and not resumed since.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn signal(&self, signal: Signal) -> anyhow::Result<()> {

@@ -11,6 +11,9 @@ use berth_proto::v1::{
 use berth_raft::{Command, CommandResponse, NodeError, NodeRecord, RaftNode};
 use tonic::{Request, Response, Status};
 
+use crate::auth::audit;
+use crate::auth::scope::Scope;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::leader::Leadership;
 
@@ -85,9 +88,12 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<AddNodeRequest>,
     ) -> Result<Response<ClusterStatus>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let AddNodeRequest { id, addr } = request.into_inner();
         validate_node(id, Some(&addr))?;
-        self.node.add_node(id, addr).await.map_err(ApiError::from)?;
+        let result = self.node.add_node(id, addr.clone()).await;
+        audit::membership(caller.as_ref(), &format!("add-node {id} {addr}"), &result);
+        result.map_err(ApiError::from)?;
         tracing::info!("node added as voter");
         Ok(Response::new(self.status()))
     }
@@ -97,9 +103,12 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<RemoveNodeRequest>,
     ) -> Result<Response<ClusterStatus>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let id = request.into_inner().id;
         validate_node(id, None)?;
-        self.node.remove_node(id).await.map_err(ApiError::from)?;
+        let result = self.node.remove_node(id).await;
+        audit::membership(caller.as_ref(), &format!("remove-node {id}"), &result);
+        result.map_err(ApiError::from)?;
         tracing::info!("node removed");
         Ok(Response::new(self.status()))
     }
@@ -123,10 +132,15 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<ReplaceNodeRequest>,
     ) -> Result<Response<Agent>, Status> {
+        let scope = Scope::of(&request)?;
         let name = request.into_inner().name;
         crate::validate::validate_node_name(&name)?;
         let command = Command::ReplaceNode { name };
-        match self.node.write(command).await.map_err(ApiError::from)? {
+        let proposal = crate::validate::client_proposal(command, String::new(), &scope)?;
+        match audit::propose(&self.node, proposal)
+            .await
+            .map_err(ApiError::from)?
+        {
             CommandResponse::Node { record } => {
                 tracing::info!("node may be replaced by a new agent instance");
                 let count = self.node.state().read().table.sandboxes_on(&record.name);

@@ -8,6 +8,8 @@
 
 use berth_raft::{CommandResponse, NodeError, Proposal, RaftNode};
 
+use super::Principal;
+
 /// Proposes a client's write and records it on `berth::audit`.
 pub async fn propose(node: &RaftNode, proposal: Proposal) -> Result<CommandResponse, NodeError> {
     let action = proposal.command.subject();
@@ -23,6 +25,47 @@ pub async fn propose(node: &RaftNode, proposal: Proposal) -> Result<CommandRespo
         Ok(_) => "ok".to_string(),
         Err(e) => format!("{e}"),
     };
+    log(
+        &principal,
+        &tenant,
+        &action,
+        &sandbox,
+        &request_id,
+        &outcome,
+    );
+    result
+}
+
+/// Records a change that is not a state-machine command (a membership
+/// change, asked by a platform admin or by a joining control node) on
+/// `berth::audit`.
+pub fn membership<T, E: std::fmt::Display>(
+    caller: Option<&Principal>,
+    action: &str,
+    result: &Result<T, E>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let (principal, tenant) = match caller {
+        Some(Principal::Client {
+            subject, tenant, ..
+        }) => (subject.clone(), tenant.clone()),
+        Some(other) => (other.subject(), String::new()),
+        None => (String::new(), String::new()),
+    };
+    log(&principal, &tenant, action, "", "", &outcome);
+}
+
+fn log(
+    principal: &str,
+    tenant: &str,
+    action: &str,
+    sandbox: &str,
+    request_id: &str,
+    outcome: &str,
+) {
     tracing::info!(
         target: "berth::audit",
         principal = %principal,
@@ -33,5 +76,4 @@ pub async fn propose(node: &RaftNode, proposal: Proposal) -> Result<CommandRespo
         outcome = %outcome,
         "audit"
     );
-    result
 }

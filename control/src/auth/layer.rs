@@ -76,7 +76,11 @@ impl Admission {
             .into());
         };
         let allowed = match (required, &principal) {
-            (Required::Role(needed), Principal::Client { role, .. }) => *role >= needed,
+            (
+                Required::Role(needed) | Required::RoleOrServer(needed),
+                Principal::Client { role, .. },
+            ) => *role >= needed,
+            (Required::RoleOrServer(_), Principal::Server) => true,
             (Required::Server, Principal::Server) | (Required::Agent, Principal::Agent { .. }) => {
                 true
             }
@@ -87,6 +91,9 @@ impl Admission {
         }
         let needs = match required {
             Required::Role(role) => format!("the {} role", role.as_str()),
+            Required::RoleOrServer(role) => {
+                format!("the {} role or a control node's certificate", role.as_str())
+            }
             Required::Server => "a control node's certificate".to_string(),
             Required::Agent => "a node agent's certificate".to_string(),
             Required::Anyone => "nothing".to_string(),

@@ -11,6 +11,9 @@ pub enum Required {
     Anyone,
     /// An API client with at least this role.
     Role(Role),
+    /// An API client with at least this role, or a control node (a new
+    /// node with this cluster's server certificate asks to join).
+    RoleOrServer(Role),
     /// Another control node of this cluster.
     Server,
     /// A node agent.
@@ -42,7 +45,11 @@ pub const TABLE: &[(&str, &str, Required)] = &[
     ("berth.v1.SandboxService", "ListRevisions", READER),
     ("berth.v1.SandboxService", "SandboxEvents", READER),
     ("berth.v1.ClusterService", "GetStatus", READER),
-    ("berth.v1.ClusterService", "AddNode", PLATFORM),
+    (
+        "berth.v1.ClusterService",
+        "AddNode",
+        Required::RoleOrServer(Role::PlatformAdmin),
+    ),
     ("berth.v1.ClusterService", "RemoveNode", PLATFORM),
     ("berth.v1.ClusterService", "ListAgents", PLATFORM),
     ("berth.v1.ClusterService", "ReplaceNode", PLATFORM),
