@@ -2,8 +2,9 @@
 //! (`BERTH_CA`), else from `$BERTH_HOME/tls` (default `./.berth/tls`, what
 //! `berth up` wrote); a client certificate from `--cert`/`--key`
 //! (`BERTH_CERT`/`BERTH_KEY`), else `berth up`'s `client-admin`. The
-//! control nodes must present `server.<cluster>.berth`, the cluster read
-//! from the same directory (`berth` when unknown). Without a CA anywhere,
+//! control nodes must present `server.<cluster>.berth`, the cluster from
+//! `BERTH_CLUSTER`, else recorded beside the CA (`berth certs init` writes
+//! it), else `berth`. Without a CA anywhere,
 //! plaintext: a cluster started with `--insecure`.
 //!
 //! The API token comes from `--token` (`BERTH_TOKEN`), else from
@@ -62,9 +63,16 @@ pub fn client_tls(
     let read = |p: &Path| {
         std::fs::read(p).map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())))
     };
-    let cluster = CertDir::open(&dir)
-        .map(|d| d.cluster().to_string())
-        .unwrap_or_else(|_| "berth".to_string());
+    // The cluster name the servers' certificates carry: $BERTH_CLUSTER,
+    // else the one recorded beside the CA (`berth certs init` writes it),
+    // else beside `berth up`'s CA, else "berth".
+    let beside = |d: &Path| CertDir::open(d).ok().map(|c| c.cluster().to_string());
+    let cluster = std::env::var("BERTH_CLUSTER")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| ca.parent().and_then(beside))
+        .or_else(|| beside(&dir))
+        .unwrap_or_else(|| "berth".to_string());
     let server = Identity::Server { cluster };
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&ca)?))

@@ -99,3 +99,71 @@ fn certs_init_and_issue_name_identities_and_refuse_bad_input() {
     assert_eq!(listing(&dir), before);
     assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
 }
+
+/// A cluster made by hand (`berth certs`, cluster "prod"): the CLI reaches
+/// it with `--ca/--cert/--key` alone, reading the cluster name recorded
+/// beside the CA, and a client certificate issued with a grant is a
+/// credential by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_a_hand_made_cluster_with_its_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let d = dir.to_str().unwrap();
+    assert_eq!(
+        berth(&["certs", "init", "--dir", d, "--cluster", "prod"]).0,
+        0
+    );
+    let issue = |args: &[&str]| {
+        let mut all = vec!["certs", "issue"];
+        all.extend(args);
+        all.extend(["--dir", d]);
+        let (code, _, err) = berth(&all);
+        assert_eq!(code, 0, "{err}");
+    };
+    issue(&["server", "nodes", "--san", "127.0.0.1"]);
+    issue(&[
+        "client",
+        "ops",
+        "--tenant",
+        "default",
+        "--role",
+        "platform-admin",
+    ]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    let (ca, cert, key) = (
+        path("ca.pem"),
+        path("server-nodes.pem"),
+        path("server-nodes-key.pem"),
+    );
+    let args = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let material = berth_tls::Material::load(
+        &dir.join("ca.pem"),
+        &dir.join("client-ops.pem"),
+        &dir.join("client-ops-key.pem"),
+    )
+    .unwrap();
+    let server = berth_tls::Identity::Server {
+        cluster: "prod".into(),
+    };
+    let cluster = berth_testkit::TestCluster::start_tls(3, &args, material.client(&server))
+        .await
+        .unwrap();
+    let out = Command::new(bin_path("berth"))
+        .args(["--control", cluster.addr(1), "-o", "json", "whoami"])
+        .args(["--ca", &ca, "--cert", &path("client-ops.pem")])
+        .args(["--key", &path("client-ops-key.pem")])
+        .env("BERTH_HOME", tmp.path().join("no-home"))
+        .env_remove("BERTH_TOKEN")
+        .env_remove("BERTH_CLUSTER")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let me: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(me["role"], "platform-admin");
+    assert_eq!(me["subject"], "cert:ops");
+}
