@@ -180,9 +180,10 @@ mod tests {
         );
         assert!(open_with(&keys, "uid-2", "TOKEN", &sealed).is_err());
         assert!(open_with(&keys, "uid-1", "OTHER", &sealed).is_err());
+        // Flip the last hex digit (always a change).
         let mut tampered = sealed.clone();
-        tampered.pop();
-        tampered.push('0');
+        let last = tampered.pop();
+        tampered.push(if last == Some('0') { '1' } else { '0' });
         assert!(open_with(&keys, "uid-1", "TOKEN", &tampered).is_err());
     }
 
