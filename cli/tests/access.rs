@@ -7,12 +7,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
-
-use berth_testkit::bin_path;
 
 mod common;
-use common::{berth_env, berth_home, free_base_port, json, Down, Run};
+use common::{berth_env, berth_home, free_base_port, json, up_without_agent, Down, Run};
 
 struct Cluster<'a> {
     home: &'a Path,
@@ -67,17 +64,7 @@ fn tokens_roles_tenants_and_quotas_through_the_cli() {
         .collect::<Vec<_>>()
         .join(",");
     let _down = Down(home.path());
-    let up = Command::new(bin_path("berth"))
-        .args(["up", "--home"])
-        .arg(home.path())
-        .args(["--base-port", &base.to_string(), "--no-agent"])
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    up_without_agent(home.path(), base);
     let c = Cluster {
         home: home.path(),
         control,

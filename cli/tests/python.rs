@@ -7,28 +7,17 @@
 
 use std::process::Command;
 
-use berth_testkit::bin_path;
 use serde_json::Value;
 
 mod common;
-use common::{free_base_port, Down};
+use common::{free_base_port, up_without_agent, Down};
 
 #[test]
 fn a_python_grpcio_client_works_with_tls_and_a_token() {
     let home = tempfile::tempdir().unwrap();
     let base = free_base_port();
     let _down = Down(home.path());
-    let up = Command::new(bin_path("berth"))
-        .args(["up", "--home"])
-        .arg(home.path())
-        .args(["--base-port", &base.to_string(), "--no-agent"])
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    up_without_agent(home.path(), base);
 
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -281,7 +281,11 @@ fn common_name(name: &str) -> DistinguishedName {
 
 /// Writes `bytes` to `path` with `mode`, through a temporary file and a
 /// rename.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+/// Writes `bytes` to `path` with `mode` through a temporary file, synced,
+/// then renamed (and the directory synced): a reader sees the old file or
+/// the whole new one, and a crash never leaves a half-written secret. Used
+/// for keys, certificates and token files.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     let tmp = path.with_extension("tmp");
     let mut file = OpenOptions::new()
         .write(true)
@@ -292,7 +296,12 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
         .map_err(io(&tmp))?;
     file.write_all(bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        synced.map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

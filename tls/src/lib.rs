@@ -11,7 +11,7 @@ mod identity;
 mod reload;
 mod settings;
 
-pub use certdir::{CertDir, Issued, Kind};
+pub use certdir::{write_file, CertDir, Issued, Kind};
 pub use identity::{ClientGrant, Identity};
 pub use reload::{incoming, Reloading};
 pub use settings::{only, peer_certificate_in, peer_identities, peer_identities_in, Material};

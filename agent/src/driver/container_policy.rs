@@ -17,7 +17,7 @@
 //! The workspace volume stays a writable bind at `/sandbox` whatever the
 //! root filesystem is. A sandbox's files are deleted when its container is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use berth_proto::agent_v1::Ensure;
@@ -69,15 +69,7 @@ pub(super) fn write(dir: &Path, e: &Ensure, document: &str) -> Result<PathBuf, D
 
 /// The container env: the sandbox env overlaid by the policy env, sorted.
 pub(super) fn env(e: &Ensure, policy: Option<&Policy>) -> Vec<String> {
-    let mut merged: BTreeMap<&str, &str> = e
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    for (k, v) in policy.map(|p| &p.env).into_iter().flatten() {
-        merged.insert(k, v);
-    }
-    merged
+    super::merged_env(e, policy)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect()

@@ -139,6 +139,23 @@ pub fn volume_owner<'a>(volume_uid: &'a str, uid: &'a str) -> &'a str {
     }
 }
 
+/// The sandbox process's env: the sandbox env overlaid by the policy env,
+/// sorted (the same for every driver).
+pub fn merged_env<'a>(
+    e: &'a berth_proto::agent_v1::Ensure,
+    policy: Option<&'a berth_proto::policy::Policy>,
+) -> std::collections::BTreeMap<&'a str, &'a str> {
+    let mut merged: std::collections::BTreeMap<&str, &str> = e
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for (k, v) in policy.map(|p| &p.env).into_iter().flatten() {
+        merged.insert(k, v);
+    }
+    merged
+}
+
 /// Container name of a sandbox.
 pub fn container_name(sandbox: &str) -> String {
     format!("berth-{sandbox}")

@@ -3,8 +3,6 @@
 //! was made (`node-N/bootstrap-token`); `berth up` copies the one the
 //! cluster accepts to `HOME/token` (mode 0600), where the CLI looks.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -61,17 +59,9 @@ async fn accepted(control: &str, tls: Option<&ClientTlsConfig>, credentials: &Cr
 }
 
 fn save(path: &Path, token: &str) -> Result<(), Failure> {
-    let write = || -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(format!("{token}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| Failure::other(format!("write {}: {e}", path.display())))
+    Ok(berth_tls::write_file(
+        path,
+        format!("{token}\n").as_bytes(),
+        0o600,
+    )?)
 }

@@ -97,3 +97,19 @@ impl Drop for Down<'_> {
             .output();
     }
 }
+
+/// `berth up --no-agent` in `home` on ports from `base`; panics with its
+/// stderr if it fails.
+pub fn up_without_agent(home: &std::path::Path, base: u16) {
+    let up = Command::new(bin_path("berth"))
+        .args(["up", "--home"])
+        .arg(home)
+        .args(["--base-port", &base.to_string(), "--no-agent"])
+        .output()
+        .expect("berth up");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+}

@@ -7,8 +7,6 @@
 //! bootstrap token can be committed; a node whose file lost that race (or
 //! whose proposal never committed) removes it once it sees the winner.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,20 +97,11 @@ fn read(path: &Path) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// Writes the token with mode 0600 through a temporary file, synced.
+/// Writes the token with mode 0600 (atomically, synced).
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(format!("{text}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    Ok(berth_tls::write_file(
+        path,
+        format!("{text}\n").as_bytes(),
+        0o600,
+    )?)
 }

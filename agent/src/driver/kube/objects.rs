@@ -220,15 +220,7 @@ fn resources(policy: Option<&Policy>) -> Option<ResourceRequirements> {
 
 /// The container env: the sandbox env overlaid by the policy env, sorted.
 fn env(e: &Ensure, policy: Option<&Policy>) -> Vec<EnvVar> {
-    let mut merged: BTreeMap<&str, &str> = e
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    for (k, v) in policy.map(|p| &p.env).into_iter().flatten() {
-        merged.insert(k, v);
-    }
-    merged
+    crate::driver::merged_env(e, policy)
         .into_iter()
         .map(|(name, value)| EnvVar {
             name: name.to_string(),
