@@ -53,6 +53,8 @@ pub enum IdentityError {
     Invalid { name: String, reason: &'static str },
     #[error("no --node-name given and the hostname could not be read: {0}")]
     NoHostname(#[source] io::Error),
+    #[error("no --node-name given: on Kubernetes the node name must come from the downward API (env BERTH_NODE_NAME from fieldRef spec.nodeName), never the Pod's hostname")]
+    NodeNameRequired,
     #[error("cannot read or persist the node name in {path}: {source}")]
     Io {
         path: PathBuf,
@@ -64,6 +66,19 @@ pub enum IdentityError {
 /// Settle the node name: flag, else persisted, else hostname; persist it.
 pub fn resolve(data_dir: &Path, flag: Option<&str>) -> Result<String, IdentityError> {
     resolve_with(data_dir, flag, hostname)
+}
+
+/// [`resolve`] for an agent in a Pod (the kube driver): flag, else
+/// persisted; never the hostname, which is the Pod's own name and changes
+/// with every Pod (invariant 7).
+pub fn resolve_without_hostname(
+    data_dir: &Path,
+    flag: Option<&str>,
+) -> Result<String, IdentityError> {
+    resolve_with(data_dir, flag, || Err(io::Error::other("no hostname"))).map_err(|e| match e {
+        IdentityError::NoHostname(_) => IdentityError::NodeNameRequired,
+        other => other,
+    })
 }
 
 /// [`resolve`] with an injectable hostname source (for tests).
@@ -186,5 +201,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = resolve_with(dir.path(), None, || Err(io::Error::other("boom"))).unwrap_err();
         assert!(matches!(err, IdentityError::NoHostname(_)));
+    }
+
+    #[test]
+    fn in_a_pod_the_hostname_is_never_the_node_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            resolve_without_hostname(dir.path(), None),
+            Err(IdentityError::NodeNameRequired)
+        ));
+        assert_eq!(
+            resolve_without_hostname(dir.path(), Some("worker-1")).unwrap(),
+            "worker-1"
+        );
+        // Persisted: the same name after a restart without the env.
+        assert_eq!(
+            resolve_without_hostname(dir.path(), None).unwrap(),
+            "worker-1"
+        );
     }
 }

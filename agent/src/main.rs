@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_agent::driver::{ContainerDriver, Driver, MemoryDriver};
+use berth_agent::driver::kube::objects::Storage;
+use berth_agent::driver::kube::KubeConfig;
+use berth_agent::driver::{ContainerDriver, Driver, KubeDriver, MemoryDriver};
 use berth_agent::fence::Fence;
 use berth_agent::session::{Session, SessionConfig};
 use berth_agent::{data_server, identity};
@@ -20,6 +22,8 @@ use tokio::signal::unix::{signal, SignalKind};
 enum DriverKind {
     /// Docker Engine API (Podman or Docker).
     Container,
+    /// Pods and PersistentVolumeClaims on a Kubernetes (k3s) cluster.
+    Kube,
     /// In-memory sandboxes, for tests and benchmarks of the control plane.
     Memory,
 }
@@ -37,7 +41,10 @@ struct Args {
     /// Control node addresses (host:port), comma separated.
     #[arg(long, env = "BERTH_CONTROL", value_delimiter = ',', required = true)]
     control: Vec<String>,
-    /// Node name; default: the name persisted in the data dir, else the hostname.
+    /// Node name; default: the name persisted in the data dir, else the
+    /// hostname (container driver). With --driver kube it must be the
+    /// Kubernetes node's name: set BERTH_NODE_NAME from the downward API
+    /// (fieldRef spec.nodeName); the Pod's hostname is never used.
     #[arg(long, env = "BERTH_NODE_NAME")]
     node_name: Option<String>,
     /// Directory for the persisted node name and fence term.
@@ -88,6 +95,18 @@ struct Args {
     /// Log output format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// (kube) Namespace of the sandboxes' Pods and claims.
+    #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth-sandboxes")]
+    namespace: String,
+    /// (kube) A kubeconfig file; default: the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// (kube) Size of a new sandbox's workspace claim.
+    #[arg(long, default_value = "2Gi", value_parser = parse_quantity)]
+    pvc_size: String,
+    /// (kube) Storage class of new workspace claims; default: the cluster's.
+    #[arg(long)]
+    storage_class: Option<String>,
 }
 
 #[tokio::main]
@@ -116,7 +135,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-    let node_name = identity::resolve(&args.data_dir, args.node_name.as_deref())?;
+    let node_name = match args.driver {
+        DriverKind::Kube => {
+            identity::resolve_without_hostname(&args.data_dir, args.node_name.as_deref())?
+        }
+        _ => identity::resolve(&args.data_dir, args.node_name.as_deref())?,
+    };
     let control_identity = berth_tls::Identity::Server {
         cluster: args.tls_cluster.clone(),
     };
@@ -145,6 +169,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ContainerDriver::connect(args.engine.as_deref(), &args.data_dir)
                 .await?
                 .with_pull_timeout(args.pull_timeout),
+        ),
+        DriverKind::Kube => Arc::new(
+            KubeDriver::connect(KubeConfig {
+                namespace: args.namespace.clone(),
+                kubeconfig: args.kubeconfig.clone(),
+                node: node_name.clone(),
+                storage: Storage {
+                    size: args.pvc_size.clone(),
+                    class: args.storage_class.clone(),
+                },
+                pull_timeout: args.pull_timeout,
+            })
+            .await?,
         ),
         DriverKind::Memory => Arc::new(MemoryDriver::new()),
     };
@@ -254,6 +291,22 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_millis(ms))
 }
 
+/// A storage size as Kubernetes writes it: digits and a unit (Ki, Mi,
+/// Gi, Ti, Pi, Ei, or k, M, G, T, P, E), not zero.
+fn parse_quantity(text: &str) -> Result<String, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let units = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 && units.contains(&unit) => Ok(text.to_string()),
+        _ => Err(format!("invalid size {text:?} (e.g. 2Gi, 500Mi)")),
+    }
+}
+
 /// Total memory from /proc/meminfo (0 if unknown).
 fn memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -286,6 +339,16 @@ mod tests {
         );
         for bad in ["0.0.0.0:7101", "[::]:7101", "host", "host:0", ":80"] {
             assert!(advertised(Some(bad), lo).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn storage_sizes() {
+        for ok in ["2Gi", "500Mi", "10G", "1073741824"] {
+            assert_eq!(parse_quantity(ok).unwrap(), ok);
+        }
+        for bad in ["", "0Gi", "2GB", "Gi", "-1Gi", "1.5Gi"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
         }
     }
 

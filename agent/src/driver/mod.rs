@@ -1,8 +1,9 @@
 //! The driver seam: how the agent makes sandboxes real on one machine.
 //!
 //! The session and the data server only see [`Driver`]; the container
-//! driver (Docker/Podman API) and the in-memory driver (fast tests and
-//! benchmarks) implement it, and a kube driver will. Every operation is
+//! driver (Docker/Podman API), the kube driver (Pods on a Kubernetes
+//! cluster) and the in-memory driver (fast tests and benchmarks)
+//! implement it. Every operation is
 //! idempotent (a new leader may repeat the last command, invariant 2), and
 //! no operation but `remove` without `keep_volume` ever deletes a volume
 //! (invariant 4). `pull` only fetches an image: the first step of an update,
@@ -22,13 +23,14 @@ use futures::Stream;
 pub mod container_driver;
 mod container_exec;
 mod container_observed;
-mod container_policy;
+pub(crate) mod container_policy;
 pub mod engine;
 pub mod kube;
 mod limits;
 pub mod memory_driver;
 
 pub use container_driver::ContainerDriver;
+pub use kube::KubeDriver;
 pub use memory_driver::MemoryDriver;
 
 /// Output of a command run in a sandbox; the last item carries the exit code.
@@ -39,7 +41,7 @@ pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, DriverError>> + 
 /// Runs sandboxes on this node.
 #[tonic::async_trait]
 pub trait Driver: Send + Sync + 'static {
-    /// "container", "memory", later "kube"; sent in `Register.driver`.
+    /// "container", "kube" or "memory"; sent in `Register.driver`.
     fn kind(&self) -> &'static str;
     /// Everything berth runs on this node, rebuilt from engine state.
     async fn inventory(&self) -> Result<Vec<Observed>, DriverError>;
@@ -108,6 +110,12 @@ pub enum DriverError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("kubernetes {op} failed: {source}")]
+    Kube {
+        op: &'static str,
+        #[source]
+        source: Box<::kube::Error>,
+    },
 }
 
 impl From<DriverError> for tonic::Status {
@@ -122,9 +130,10 @@ impl From<DriverError> for tonic::Status {
             | DriverError::UidMismatch { .. }
             | DriverError::ForeignVolume { .. }
             | DriverError::VolumeLost { .. } => tonic::Status::failed_precondition(msg),
-            DriverError::Engine { .. } | DriverError::Exec(_) | DriverError::Io { .. } => {
-                tonic::Status::internal(msg)
-            }
+            DriverError::Engine { .. }
+            | DriverError::Kube { .. }
+            | DriverError::Exec(_)
+            | DriverError::Io { .. } => tonic::Status::internal(msg),
         }
     }
 }

@@ -121,6 +121,7 @@ fn op_for(op: AgentOp, r: &SandboxRecord) -> Result<command::Op, SecretError> {
                 }
                 env
             },
+            secret_keys: r.spec.secret_env.keys().cloned().collect(),
             policy: r.spec.policy.clone(),
             volume: r.volume.clone(),
             volume_uid: r.volume_owner().to_string(),

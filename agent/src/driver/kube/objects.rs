@@ -11,6 +11,7 @@
 //! | `resources.memory`       | memory request and limit                           |
 //! | `runAsUser`              | `securityContext.runAsUser` / `runAsGroup`         |
 //! | `env`                    | overlaid on the sandbox env                        |
+//! | secret env (`secret_keys`) | a Secret per revision, referenced by `secretKeyRef` |
 //! | `readiness.command`      | an exec `readinessProbe`                           |
 //! | the document itself      | ConfigMap, mounted read-only at `/etc/berth/policy.yaml` |
 //!
@@ -25,9 +26,10 @@ use std::collections::BTreeMap;
 use berth_proto::agent_v1::Ensure;
 use berth_proto::policy::{parse_memory, Network, Policy, POLICY_MOUNT_PATH};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, Secret, SecretKeySelector, SecurityContext, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
@@ -41,7 +43,16 @@ pub const LABEL_VOLUME_UID: &str = "berth.dev/volume-uid";
 pub const LABEL_REVISION: &str = "berth.dev/revision";
 pub const ANNOTATION_SANDBOX: &str = "berth.dev/sandbox";
 pub const ANNOTATION_VOLUME: &str = "berth.dev/volume";
-const MANAGER: &str = "berth";
+/// On a PVC: the node whose agent made it (claims are namespace-wide, so
+/// each agent reports only its own).
+pub const ANNOTATION_NODE: &str = "berth.dev/node";
+/// On the image pre-pull Pods (`berth.dev/role=pull`), which are not sandboxes.
+pub const LABEL_ROLE: &str = "berth.dev/role";
+pub const MANAGER: &str = "berth";
+/// The selector of everything berth makes.
+pub const MANAGED: &str = "app.kubernetes.io/managed-by=berth";
+/// How long a sandbox's processes get between SIGTERM and SIGKILL.
+pub const GRACE_SECONDS: i64 = 10;
 
 /// The file the init container leaves in a seeded workspace.
 pub const SENTINEL: &str = ".berth-seeded";
@@ -50,7 +61,7 @@ const SEED_MOUNT: &str = "/berth-workspace";
 const WORKSPACE: &str = "workspace";
 const POLICY_VOLUME: &str = "policy";
 const TMP_VOLUME: &str = "tmp";
-const SANDBOX_CONTAINER: &str = "sandbox";
+pub const SANDBOX_CONTAINER: &str = "sandbox";
 
 /// What the agent was told about storage.
 #[derive(Debug, Clone)]
@@ -86,6 +97,11 @@ pub fn policy_name(sandbox: &str, revision: u64) -> String {
     format!("berth-{sandbox}-r{revision}-policy")
 }
 
+/// Name of the Secret holding revision `revision`'s secret env.
+pub fn secret_name(sandbox: &str, revision: u64) -> String {
+    format!("berth-{sandbox}-r{revision}-env")
+}
+
 /// Name of the NetworkPolicy isolating the sandbox's Pods.
 pub fn network_policy_name(sandbox: &str) -> String {
     format!("berth-{sandbox}-isolated")
@@ -113,14 +129,18 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// The sandbox's workspace: ReadWriteOnce, created once, never replaced.
-pub fn pvc(e: &Ensure, namespace: &str, storage: &Storage) -> PersistentVolumeClaim {
+pub fn pvc(e: &Ensure, namespace: &str, node: &str, storage: &Storage) -> PersistentVolumeClaim {
+    let mut metadata = meta(
+        &e.volume,
+        namespace,
+        labels(&[(LABEL_VOLUME_UID, volume_owner(e))]),
+        e,
+    );
+    if let Some(a) = metadata.annotations.as_mut() {
+        a.insert(ANNOTATION_NODE.to_string(), node.to_string());
+    }
     PersistentVolumeClaim {
-        metadata: meta(
-            &e.volume,
-            namespace,
-            labels(&[(LABEL_VOLUME_UID, volume_owner(e))]),
-            e,
-        ),
+        metadata,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_string()]),
             storage_class_name: storage.class.clone(),
@@ -155,6 +175,29 @@ pub fn policy_config_map(e: &Ensure, namespace: &str) -> Option<ConfigMap> {
             document.clone(),
         )])),
         ..ConfigMap::default()
+    })
+}
+
+/// The revision's secret env, which the Pod references and never holds.
+pub fn env_secret(e: &Ensure, namespace: &str) -> Option<Secret> {
+    let data: BTreeMap<String, String> = e
+        .secret_keys
+        .iter()
+        .filter_map(|k| e.env.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
+    (!data.is_empty()).then(|| Secret {
+        metadata: meta(
+            &secret_name(&e.name, e.revision),
+            namespace,
+            labels(&[
+                (LABEL_UID, &e.uid),
+                (LABEL_REVISION, &e.revision.to_string()),
+            ]),
+            e,
+        ),
+        string_data: Some(data),
+        type_: Some("Opaque".to_string()),
+        ..Secret::default()
     })
 }
 
@@ -218,14 +261,34 @@ fn resources(policy: Option<&Policy>) -> Option<ResourceRequirements> {
     })
 }
 
-/// The container env: the sandbox env overlaid by the policy env, sorted.
+/// The container env: the sandbox env overlaid by the policy env, sorted;
+/// a secret (one the policy does not override) is a reference to the
+/// revision's Secret, never its value.
 fn env(e: &Ensure, policy: Option<&Policy>) -> Vec<EnvVar> {
+    let overridden = |k: &str| policy.is_some_and(|p| p.env.contains_key(k));
     crate::driver::merged_env(e, policy)
         .into_iter()
-        .map(|(name, value)| EnvVar {
-            name: name.to_string(),
-            value: Some(value.to_string()),
-            ..EnvVar::default()
+        .map(|(name, value)| {
+            if e.secret_keys.iter().any(|k| k == name) && !overridden(name) {
+                EnvVar {
+                    name: name.to_string(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: secret_name(&e.name, e.revision),
+                            key: name.to_string(),
+                            optional: Some(false),
+                        }),
+                        ..EnvVarSource::default()
+                    }),
+                    ..EnvVar::default()
+                }
+            } else {
+                EnvVar {
+                    name: name.to_string(),
+                    value: Some(value.to_string()),
+                    ..EnvVar::default()
+                }
+            }
         })
         .collect()
 }
@@ -351,6 +414,7 @@ pub fn pod(
                 ..PodSecurityContext::default()
             }),
             automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(GRACE_SECONDS),
             ..PodSpec::default()
         }),
         ..Pod::default()

@@ -35,11 +35,15 @@ fn ensure(name: &str, policy: Option<&str>) -> Ensure {
         uid: "3f2a9c1e-0b7d-4e55-9a10-2c4d6e8f0a1b".into(),
         revision: 3,
         image: "localhost/berth-demo:v2".into(),
-        env: HashMap::from([("GREETING".into(), "hello".into())]),
+        env: HashMap::from([
+            ("GREETING".into(), "hello".into()),
+            ("API_TOKEN".into(), "s3cr3t-value".into()),
+        ]),
         policy: policy.map(str::to_string),
         volume: format!("berth-{name}-3f2a9c1e"),
         volume_uid: String::new(),
         volume_expected: true,
+        secret_keys: vec!["API_TOKEN".into()],
     }
 }
 
@@ -64,12 +68,15 @@ fn all_objects() -> Vec<(String, String)> {
         let policy = e.policy.as_deref().map(|p| Policy::parse(p).unwrap());
         docs.push((
             format!("{label}-pvc"),
-            round_trip(&objects::pvc(&e, "berth", &storage)),
+            round_trip(&objects::pvc(&e, "berth", "worker-1", &storage)),
         ));
         let pod = objects::pod(&e, "berth", "worker-1", policy.as_ref()).unwrap();
         docs.push((format!("{label}-pod"), round_trip(&pod)));
         if let Some(cm) = objects::policy_config_map(&e, "berth") {
             docs.push((format!("{label}-configmap"), round_trip(&cm)));
+        }
+        if let Some(secret) = objects::env_secret(&e, "berth") {
+            docs.push((format!("{label}-secret"), round_trip(&secret)));
         }
         if let Some(np) = objects::network_policy(&e, "berth", policy.as_ref()) {
             docs.push((format!("{label}-networkpolicy"), round_trip(&np)));
@@ -82,7 +89,11 @@ fn all_objects() -> Vec<(String, String)> {
 fn every_object_passes_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let docs = all_objects();
-    assert_eq!(docs.len(), 6, "pvc, pod, configmap and networkpolicy");
+    assert_eq!(
+        docs.len(),
+        8,
+        "pvc, pod, secret, configmap and networkpolicy"
+    );
     let mut files = Vec::new();
     for (name, yaml) in &docs {
         let path = dir.path().join(format!("{name}.yaml"));
@@ -162,7 +173,24 @@ fn a_pod_is_pinned_mounts_its_workspace_and_maps_the_policy() {
         .iter()
         .map(|v| (v.name.as_str(), v.value.as_deref().unwrap_or("")))
         .collect();
-    assert_eq!(env, [("GREETING", "hello"), ("MODE", "strict")]);
+    assert_eq!(
+        env,
+        [("API_TOKEN", ""), ("GREETING", "hello"), ("MODE", "strict")]
+    );
+    // A secret is a reference into the revision's Secret, never inline.
+    let reference = c.env.as_ref().unwrap()[0].value_from.as_ref().unwrap();
+    let key = reference.secret_key_ref.as_ref().unwrap();
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str()),
+        ("berth-team-a.api-r3-env", "API_TOKEN")
+    );
+    let spec_text = serde_json::to_string(&spec).unwrap();
+    assert!(!spec_text.contains("s3cr3t-value"), "{spec_text}");
+    let secret = objects::env_secret(&e, "berth").unwrap();
+    assert_eq!(
+        secret.string_data.unwrap(),
+        std::collections::BTreeMap::from([("API_TOKEN".to_string(), "s3cr3t-value".to_string())])
+    );
     assert!(c.readiness_probe.is_some());
     // The seed step copies the image's /sandbox only into an unseeded
     // workspace.
