@@ -19,7 +19,7 @@ mod volume;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::{Control, Credentials};
 use crate::output::Format;
@@ -66,6 +66,13 @@ struct Cli {
     command: Command,
 }
 
+/// The agent driver of `berth up`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum UpDriver {
+    Container,
+    Kube,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The control plane itself.
@@ -105,6 +112,20 @@ enum Command {
         /// Start only the control plane, no node agent.
         #[arg(long)]
         no_agent: bool,
+        /// How the agent runs sandboxes: containers on this machine, or
+        /// Pods on a Kubernetes node (with --kubeconfig and --kube-node).
+        #[arg(long, value_enum, default_value = "container")]
+        driver: UpDriver,
+        /// (kube) The cluster's kubeconfig.
+        #[arg(long, env = "KUBECONFIG", required_if_eq("driver", "kube"))]
+        kubeconfig: Option<PathBuf>,
+        /// (kube) The Kubernetes node the agent runs sandboxes on (its
+        /// name as `kubectl get nodes` shows it).
+        #[arg(long, required_if_eq("driver", "kube"))]
+        kube_node: Option<String>,
+        /// (kube) Namespace of the sandboxes' Pods and claims.
+        #[arg(long, default_value = "berth-sandboxes")]
+        namespace: String,
         /// No TLS: anyone who can reach the ports can act as a node, an
         /// agent or a client (by default `up` makes a CA and certificates
         /// under HOME/tls and every link is mutual TLS).
@@ -292,9 +313,31 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             base_port,
             no_agent,
             insecure,
-        } => local::up(&home, nodes, base_port, !no_agent, !insecure)
-            .await
-            .map(|()| 0),
+            driver,
+            kubeconfig,
+            kube_node,
+            namespace,
+        } => {
+            let agent = match (no_agent, driver, kubeconfig, kube_node) {
+                (true, ..) => None,
+                (false, UpDriver::Container, ..) => Some(local::LocalDriver::Container),
+                (false, UpDriver::Kube, Some(kubeconfig), Some(node)) => {
+                    Some(local::LocalDriver::Kube {
+                        kubeconfig,
+                        node,
+                        namespace,
+                    })
+                }
+                (false, UpDriver::Kube, ..) => {
+                    return Err(Failure::usage(
+                        "--driver kube needs --kubeconfig PATH and --kube-node NAME",
+                    ))
+                }
+            };
+            local::up(&home, nodes, base_port, agent, !insecure)
+                .await
+                .map(|()| 0)
+        }
         Command::Down { home } => local::down(&home).map(|()| 0),
     }
 }

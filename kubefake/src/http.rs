@@ -620,16 +620,9 @@ async fn run_exec<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    // The workspace is "mounted" at /sandbox: arguments naming a path in
-    // it are pointed at the claim's directory.
-    let args = command[1..]
-        .iter()
-        .map(|a| match a.strip_prefix("/sandbox") {
-            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                format!("{}{rest}", cwd.display())
-            }
-            _ => a.clone(),
-        });
+    // The workspace is "mounted" at /sandbox: paths under it, in any
+    // argument (a shell script too), are pointed at the claim's directory.
+    let args: Vec<String> = command[1..].iter().map(|a| mount(a, &cwd)).collect();
     let spawned = tokio::process::Command::new(&command[0])
         .args(args)
         .current_dir(&cwd)
@@ -680,6 +673,28 @@ async fn run_exec<S>(
     let _ = ws.close(None).await;
 }
 
+/// `arg` with every `/sandbox` path pointed into `dir`.
+fn mount(arg: &str, dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut rest = arg;
+    while let Some(i) = rest.find("/sandbox") {
+        let after = &rest[i + "/sandbox".len()..];
+        let whole = after
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'));
+        out.push_str(&rest[..i]);
+        if whole {
+            out.push_str(&dir.display().to_string());
+        } else {
+            out.push_str("/sandbox");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 fn channel(n: u8, data: &[u8]) -> Message {
     let mut frame = Vec::with_capacity(data.len() + 1);
     frame.push(n);
@@ -703,6 +718,17 @@ mod tests {
         assert_eq!((t.resource, t.name), (Resource::NetworkPolicies, None));
         assert!(route("/api/v1/nodes").is_none());
         assert!(route("/apis/apps/v1/namespaces/ns/deployments").is_none());
+    }
+
+    #[test]
+    fn the_workspace_is_mounted_at_sandbox() {
+        let dir = std::path::Path::new("/tmp/ws");
+        assert_eq!(mount("/sandbox", dir), "/tmp/ws");
+        assert_eq!(
+            mount("echo x > /sandbox/note; cat /sandbox/a", dir),
+            "echo x > /tmp/ws/note; cat /tmp/ws/a"
+        );
+        assert_eq!(mount("/sandboxes/x", dir), "/sandboxes/x");
     }
 
     #[test]

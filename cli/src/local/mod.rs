@@ -4,8 +4,10 @@
 //! `up` on a home that already holds data resumes that cluster (nothing is
 //! wiped); `down` stops the processes with SIGTERM and keeps the data. With
 //! an agent (the default), `up` also builds the demo images locally and
-//! starts one `berth-agent` with the container driver. Sandbox containers
-//! are the workload: `down` leaves them running, as a gateway crash would.
+//! starts one `berth-agent` with the container driver, or, with `--driver
+//! kube`, one agent whose sandboxes are Pods on a Kubernetes node (the
+//! cluster's kubeconfig and the node's name given). Sandboxes are the
+//! workload: `down` leaves them running, as a gateway crash would.
 
 mod demo_image;
 mod tls;
@@ -31,6 +33,9 @@ const STATE_FILE: &str = "cluster.json";
 #[derive(Debug, Serialize, Deserialize)]
 struct LocalNode {
     id: u64,
+    /// An agent's node name.
+    #[serde(default)]
+    name: String,
     addr: String,
     pid: i32,
     log: PathBuf,
@@ -43,8 +48,55 @@ struct LocalCluster {
     agents: Vec<LocalNode>,
 }
 
-/// Name of the agent `berth up` starts.
+/// Name of the agent `berth up` starts (container driver).
 pub const LOCAL_NODE: &str = "local-1";
+
+/// How the local agent runs sandboxes.
+#[derive(Debug, Clone)]
+pub enum LocalDriver {
+    /// Containers through the local Podman/Docker engine.
+    Container,
+    /// Pods on node `node` of the cluster `kubeconfig` reaches.
+    Kube {
+        kubeconfig: PathBuf,
+        node: String,
+        namespace: String,
+    },
+}
+
+impl LocalDriver {
+    /// The agent's node name.
+    pub fn node(&self) -> &str {
+        match self {
+            Self::Container => LOCAL_NODE,
+            Self::Kube { node, .. } => node,
+        }
+    }
+
+    /// The agent's driver flags.
+    fn args(&self) -> Result<Vec<String>, Failure> {
+        Ok(match self {
+            Self::Container => vec!["--driver".into(), "container".into()],
+            Self::Kube {
+                kubeconfig,
+                namespace,
+                ..
+            } => {
+                let path = kubeconfig.canonicalize().map_err(|e| {
+                    Failure::usage(format!("--kubeconfig {}: {e}", kubeconfig.display()))
+                })?;
+                vec![
+                    "--driver".into(),
+                    "kube".into(),
+                    "--kubeconfig".into(),
+                    path.display().to_string(),
+                    "--namespace".into(),
+                    namespace.clone(),
+                ]
+            }
+        })
+    }
+}
 
 /// A berth binary next to this `berth` binary, else the one on PATH.
 fn sibling(name: &str) -> PathBuf {
@@ -92,12 +144,13 @@ pub async fn up(
     home: &Path,
     nodes: u64,
     base_port: u16,
-    with_agent: bool,
+    agent: Option<LocalDriver>,
     secure: bool,
 ) -> Result<(), Failure> {
     if !(1..=7).contains(&nodes) {
         return Err(Failure::usage("--nodes must be between 1 and 7"));
     }
+    let agent_args = agent.as_ref().map(LocalDriver::args).transpose()?;
     if let Some(state) = read_state(home) {
         if state
             .nodes
@@ -124,7 +177,8 @@ pub async fn up(
         .map(|(id, addr)| format!("{id}={addr}"))
         .collect();
     let pki = if secure {
-        Some(tls::ensure(&home)?)
+        let node = agent.as_ref().map_or(LOCAL_NODE, LocalDriver::node);
+        Some(tls::ensure(&home, node)?)
     } else {
         eprintln!("berth: WARNING: --insecure: no TLS; anyone who can reach these ports can act as a control node, an agent or a client");
         None
@@ -151,6 +205,7 @@ pub async fn up(
         let pid = spawn_logged(&berthd, &args, &log)?;
         started.push(LocalNode {
             id: *id,
+            name: String::new(),
             addr: addr.clone(),
             pid,
             log,
@@ -187,24 +242,27 @@ pub async fn up(
         Duration::from_secs(30),
     )
     .await?;
-    if with_agent {
-        demo_image::ensure_demo_images(&home)?;
+    if let (Some(driver), Some(driver_args)) = (&agent, agent_args) {
+        let node = driver.node();
+        match driver {
+            LocalDriver::Container => demo_image::ensure_demo_images(&home)?,
+            LocalDriver::Kube { .. } => eprintln!(
+                "berth: --driver kube: sandbox images are pulled by the cluster's nodes; load or push them there"
+            ),
+        }
         let addr = format!("127.0.0.1:{}", u32::from(base_port) + 100);
-        let log = home.join(format!("agent-{LOCAL_NODE}.log"));
+        let log = home.join(format!("agent-{node}.log"));
         let mut args: Vec<String> = vec![
             "--control".into(),
             control.clone(),
             "--node-name".into(),
-            LOCAL_NODE.into(),
+            node.into(),
             "--data-dir".into(),
-            home.join(format!("agent-{LOCAL_NODE}"))
-                .display()
-                .to_string(),
-            "--driver".into(),
-            "container".into(),
+            home.join(format!("agent-{node}")).display().to_string(),
             "--listen".into(),
             addr.clone(),
         ];
+        args.extend(driver_args);
         match &pki {
             Some(pki) => args.extend(pki.agent_args()),
             None => args.push("--insecure".into()),
@@ -212,6 +270,7 @@ pub async fn up(
         let pid = spawn_logged(&sibling("berth-agent"), &args, &log)?;
         state.agents.push(LocalNode {
             id: 1,
+            name: node.to_string(),
             addr,
             pid,
             log,
@@ -219,6 +278,7 @@ pub async fn up(
         write_state(&home, &state)?;
         wait_for_agent(
             &control,
+            node,
             client_tls.as_ref(),
             &credentials,
             Duration::from_secs(60),
@@ -237,7 +297,8 @@ pub async fn up(
     }
     for agent in &state.agents {
         println!(
-            "  agent {LOCAL_NODE}  {}  pid {}  log {}",
+            "  agent {}  {}  pid {}  log {}",
+            agent.name,
             agent.addr,
             agent.pid,
             agent.log.display()
@@ -286,6 +347,7 @@ fn write_state(home: &Path, state: &LocalCluster) -> Result<(), Failure> {
 
 async fn wait_for_agent(
     control: &str,
+    node: &str,
     tls: Option<&ClientTlsConfig>,
     credentials: &Credentials,
     timeout: Duration,
@@ -299,7 +361,7 @@ async fn wait_for_agent(
                     .into_inner()
                     .agents
                     .iter()
-                    .any(|a| a.name == LOCAL_NODE && a.ready)
+                    .any(|a| a.name == node && a.ready)
                 {
                     return Ok(());
                 }
@@ -307,7 +369,7 @@ async fn wait_for_agent(
         }
         if Instant::now() > deadline {
             return Err(Failure {
-                message: format!("agent {LOCAL_NODE} not Ready within {timeout:?}; see its log"),
+                message: format!("agent {node} not Ready within {timeout:?}; see its log"),
                 code: 5,
             });
         }

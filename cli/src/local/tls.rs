@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use berth_tls::{CertDir, Issued, Kind};
 
-use super::LOCAL_NODE;
 use crate::credentials::{tls_dir, LOCAL_CLIENT};
 use crate::Failure;
 
@@ -24,7 +23,7 @@ pub struct LocalPki {
 }
 
 /// The local CA and certificates, made where missing.
-pub fn ensure(home: &Path) -> Result<LocalPki, Failure> {
+pub fn ensure(home: &Path, agent_node: &str) -> Result<LocalPki, Failure> {
     let dir = tls_dir(home);
     let ca = if dir.join("ca.pem").exists() {
         CertDir::open(&dir)?
@@ -50,7 +49,7 @@ pub fn ensure(home: &Path) -> Result<LocalPki, Failure> {
         Ok(ca.issue(kind, name, &local_sans, DAYS)?)
     };
     let server = issue(Kind::Server, SERVER)?;
-    let agent = issue(Kind::Agent, LOCAL_NODE)?;
+    let agent = issue(Kind::Agent, agent_node)?;
     issue(Kind::Client, LOCAL_CLIENT)?;
     Ok(LocalPki { ca, server, agent })
 }
