@@ -107,6 +107,10 @@ struct Args {
     /// (kube) Storage class of new workspace claims; default: the cluster's.
     #[arg(long)]
     storage_class: Option<String>,
+    /// Also serve gRPC health alone, in plaintext, on this address, for
+    /// probes that cannot speak mutual TLS (the kubelet's gRPC probes).
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -189,6 +193,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let data_addr = advertised(args.advertise_addr.as_deref(), listener.local_addr()?)?;
+    if let Some(addr) = args.health_listen {
+        let probe = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--health-listen {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = berth_proto::probe::serve(probe, std::future::pending()).await {
+                tracing::error!(error = %e, "health probe server failed");
+            }
+        });
+    }
     tracing::info!(node = %node_name, driver = driver.kind(), %data_addr, highest_term = fence.highest(), "berth-agent starting");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -443,8 +443,22 @@ fn every_container_is_locked_down_and_runs_this_release() {
                     .as_bool()
                     .or(pod["securityContext"]["runAsNonRoot"].as_bool());
                 assert_eq!(non_root, Some(true), "{what}");
+                // gRPC health probes, on the plaintext health port the
+                // binary serves (`--health-listen`), never the TLS port.
+                let invocation = format!(
+                    "{} {}",
+                    strings(&c["command"]).join(" "),
+                    strings(&c["args"]).join(" ")
+                );
                 for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-                    assert!(c[probe].is_mapping(), "{what} has no {probe}");
+                    let port = c[probe]["grpc"]["port"].as_u64();
+                    let port =
+                        port.unwrap_or_else(|| panic!("{what}: {probe} is not a grpc probe"));
+                    let listen = format!("0.0.0.0:{port}");
+                    assert!(
+                        invocation.contains("--health-listen") && invocation.contains(&listen),
+                        "{what}: {probe} checks port {port}, which --health-listen does not serve"
+                    );
                 }
             }
         }

@@ -99,6 +99,11 @@ struct Args {
     /// Revisions kept per sandbox besides the stable ones (0: keep all).
     #[arg(long, default_value_t = 20)]
     keep_revisions: u32,
+    /// Also serve gRPC health alone, in plaintext, on this address
+    /// (host:port), for probes that cannot speak mutual TLS (the kubelet's
+    /// gRPC probes); nothing else is served there.
+    #[arg(long)]
+    health_listen: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -196,6 +201,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "berthd serving");
+    if let Some(addr) = &args.health_listen {
+        let probe = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--health-listen {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = berth_proto::probe::serve(probe, std::future::pending()).await {
+                tracing::error!(error = %e, "health probe server failed");
+            }
+        });
+    }
     let leadership = leader::Leadership::watch(node.clone());
     let admission = match berth_proto::dial::tls().map(|t| t.identity()) {
         Some(berth_tls::Identity::Server { cluster }) => {

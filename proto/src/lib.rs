@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod dial;
 pub mod policy;
+pub mod probe;
 
 /// Public API: sandboxes and cluster membership.
 pub mod v1 {
