@@ -148,8 +148,62 @@ fn spawn_lane(
     tx
 }
 
-/// Run one admitted command (re-checking the fence first).
+/// Run one admitted command (re-checking the fence first), in a span
+/// that continues the leader's trace, counted by kind and result.
 pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> CommandResult {
+    use tracing::Instrument;
+    let kind = match &command.op {
+        Some(Op::Ensure(_)) => "ensure",
+        Some(Op::Stop(_)) => "stop",
+        Some(Op::Remove(_)) => "remove",
+        Some(Op::Pull(_)) => "pull",
+        None => "none",
+    };
+    let span = tracing::info_span!(
+        "agent.command",
+        otel.name = %format!("agent {kind}"),
+        sandbox = %sandbox_of(&command),
+        command.id = command.command_id,
+        berth.term = command.term,
+    );
+    berth_telemetry::propagate::continue_from(&span, &command.traceparent);
+    let result = execute_fenced(driver, fence, command)
+        .instrument(span)
+        .await;
+    let m = berth_telemetry::metrics::get();
+    let outcome = if result.refused {
+        m.agent_fence_refusals.inc();
+        "refused"
+    } else if result.ok {
+        "ok"
+    } else {
+        "failed"
+    };
+    m.agent_commands
+        .get_or_create(&berth_telemetry::metrics::KindResult {
+            kind: kind.to_string(),
+            result: outcome.to_string(),
+        })
+        .inc();
+    result
+}
+
+/// Time one driver call, in its own span (`engine <call>`).
+async fn engine_call<T>(call: &'static str, fut: impl std::future::Future<Output = T>) -> T {
+    use tracing::Instrument;
+    let span = tracing::info_span!("engine", otel.name = %format!("engine {call}"), call);
+    let start = std::time::Instant::now();
+    let out = fut.instrument(span).await;
+    berth_telemetry::metrics::get()
+        .agent_engine_duration
+        .get_or_create(&berth_telemetry::metrics::Call {
+            call: call.to_string(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    out
+}
+
+async fn execute_fenced(driver: &dyn Driver, fence: &Fence, command: Command) -> CommandResult {
     let id = command.command_id;
     let sandbox = sandbox_of(&command);
     let refused = |e: crate::fence::FenceError| CommandResult {
@@ -166,7 +220,7 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
         // The slow step (fetching the image) first, then the fence again:
         // a command admitted before a newer leader appeared never acts
         // after it, however long the pull took.
-        if let Err(err) = driver.pull(&e.image).await {
+        if let Err(err) = engine_call("pull", driver.pull(&e.image)).await {
             tracing::warn!(command_id = id, %sandbox, op = "ensure", error = %err, "command failed");
             return failed(id, err.to_string());
         }
@@ -180,10 +234,16 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
     // and the highest term it was checked against (never higher).
     tracing::info!(command_id = id, term = command.term, fence = highest, %sandbox, "executing");
     let (what, outcome) = match &command.op {
-        Some(Op::Ensure(e)) => ("ensure", driver.ensure(e).await),
-        Some(Op::Stop(s)) => ("stop", driver.stop(&s.name, &s.uid).await),
-        Some(Op::Remove(r)) => ("remove", driver.remove(r).await),
-        Some(Op::Pull(p)) => ("pull", pull(driver, &p.name, &p.uid, &p.image).await),
+        Some(Op::Ensure(e)) => ("ensure", engine_call("ensure", driver.ensure(e)).await),
+        Some(Op::Stop(s)) => (
+            "stop",
+            engine_call("stop", driver.stop(&s.name, &s.uid)).await,
+        ),
+        Some(Op::Remove(r)) => ("remove", engine_call("remove", driver.remove(r)).await),
+        Some(Op::Pull(p)) => (
+            "pull",
+            engine_call("pull", pull(driver, &p.name, &p.uid, &p.image)).await,
+        ),
         None => return failed(id, "command without an operation".into()),
     };
     berth_proto::chaos::failpoint("agent-before-reply");
@@ -275,6 +335,7 @@ mod tests {
 
     fn ensure_cmd(id: u64, term: u64, name: &str) -> Command {
         Command {
+            traceparent: String::new(),
             command_id: id,
             term,
             op: Some(Op::Ensure(Ensure {
@@ -375,6 +436,7 @@ mod tests {
 
         runner.submit(ensure_cmd(2, 3, "a"), tx.clone()).await;
         let stop = Command {
+            traceparent: String::new(),
             command_id: 3,
             term: 3,
             op: Some(Op::Stop(Stop {
@@ -480,6 +542,7 @@ mod tests {
 
     fn pull_cmd(id: u64, term: u64, name: &str, image: &str) -> Command {
         Command {
+            traceparent: String::new(),
             command_id: id,
             term,
             op: Some(Op::Pull(Pull {

@@ -80,6 +80,7 @@ pub async fn serve(
         berth_tls::only(allowed, "the agent's data plane"),
     );
     let router = tonic::transport::Server::builder()
+        .layer(berth_telemetry::grpc::TraceLayer)
         .add_service(health_service)
         .add_service(data);
     // With TLS, each handshake uses the certificates current when the

@@ -111,6 +111,13 @@ struct Args {
     /// probes that cannot speak mutual TLS (the kubelet's gRPC probes).
     #[arg(long)]
     health_listen: Option<SocketAddr>,
+    /// Export traces over OTLP/gRPC to this endpoint (http://host:4317);
+    /// default: OTEL_EXPORTER_OTLP_ENDPOINT, else no export.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -118,7 +125,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The chaos suite's failpoints (FAILPOINTS; unset in production).
     let _failpoints = berth_proto::chaos::failpoints();
-    init_tracing(args.log_format);
+    let _telemetry = berth_telemetry::init(berth_telemetry::Settings {
+        service: "berth-agent",
+        format: match args.log_format {
+            LogFormat::Text => berth_telemetry::LogFormat::Text,
+            LogFormat::Json => berth_telemetry::LogFormat::Json,
+        },
+        default_filter: "info",
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    })?;
     if let Err(e) = run(args).await {
         eprintln!("berth-agent: {e:#}");
         std::process::exit(1);
@@ -193,6 +208,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let data_addr = advertised(args.advertise_addr.as_deref(), listener.local_addr()?)?;
+    if let Some(addr) = args.metrics_listen {
+        let bound = berth_telemetry::metrics::spawn(
+            &addr.to_string(),
+            berth_telemetry::metrics::Component::Agent,
+        )
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+        tracing::info!(%bound, "serving metrics on /metrics");
+    }
     if let Some(addr) = args.health_listen {
         let probe = TcpListener::bind(addr)
             .await
@@ -240,19 +264,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => {}
     }
     Ok(())
-}
-
-fn init_tracing(format: LogFormat) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
 }
 
 /// The AgentData address to advertise: the flag, else the bound listen

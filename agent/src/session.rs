@@ -235,6 +235,10 @@ impl Session {
             inventory_seq,
         ));
         let _stop_heartbeat = AbortOnDrop(heartbeat);
+        let metrics = berth_telemetry::metrics::get();
+        metrics.agent_sessions.inc();
+        metrics.agent_connected.set(1);
+        let _disconnected = ConnectedGauge;
         while let Some(msg) = inbound.message().await? {
             match msg.msg {
                 Some(control_message::Msg::Command(c)) => self.runner.submit(c, tx.clone()).await,
@@ -247,6 +251,15 @@ impl Session {
             }
         }
         Ok(Outcome::Ended)
+    }
+}
+
+/// Sets the connected gauge back to 0 when a session ends, however.
+struct ConnectedGauge;
+
+impl Drop for ConnectedGauge {
+    fn drop(&mut self) {
+        berth_telemetry::metrics::get().agent_connected.set(0);
     }
 }
 

@@ -49,6 +49,7 @@ fn with_policy(mut e: Ensure, policy: &str) -> Ensure {
 
 fn pull_cmd(name: &str, image: &str) -> Command {
     Command {
+        traceparent: String::new(),
         command_id: 1,
         term: 1,
         op: Some(Op::Pull(Pull {

@@ -65,6 +65,7 @@ fn down(msg: Down) -> Result<ControlMessage, Status> {
 
 fn ensure(id: u64, term: u64) -> Down {
     Down::Command(Command {
+        traceparent: String::new(),
         command_id: id,
         term,
         op: Some(Op::Ensure(Ensure {
@@ -80,6 +81,7 @@ fn ensure(id: u64, term: u64) -> Down {
 
 fn pull(id: u64, term: u64) -> Down {
     Down::Command(Command {
+        traceparent: String::new(),
         command_id: id,
         term,
         op: Some(Op::Pull(Pull {

@@ -63,6 +63,7 @@ impl tonic::service::Interceptor for Credentials {
                 .metadata_mut()
                 .insert("berth-tenant", tenant.clone());
         }
+        berth_telemetry::propagate::inject_metadata(request.metadata_mut());
         Ok(request)
     }
 }

@@ -19,7 +19,7 @@ mod volume;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::client::{Control, Credentials};
 use crate::output::Format;
@@ -34,6 +34,10 @@ const DEFAULT_CONTROL: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
     about = "berth: stateful sandboxes on a Raft-replicated control plane"
 )]
 struct Cli {
+    /// Export a trace of this command over OTLP/gRPC to this endpoint
+    /// (http://host:4317); default: OTEL_EXPORTER_OTLP_ENDPOINT, else none.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
     /// Control nodes to try, in order (HOST:PORT,...).
     #[arg(long, global = true, env = "BERTH_CONTROL", default_value = DEFAULT_CONTROL)]
     control: String,
@@ -342,10 +346,42 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
+/// "sandbox create", "cluster status": the subcommand path, for the
+/// root span's name (never arguments, which may hold secrets).
+fn command_path(matches: &clap::ArgMatches) -> String {
+    let mut path = Vec::new();
+    let mut at = matches;
+    while let Some((name, sub)) = at.subcommand() {
+        path.push(name.to_string());
+        at = sub;
+    }
+    path.join(" ")
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    use tracing::Instrument;
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Traces only when asked for; warnings and errors of the libraries
+    // stay quiet unless RUST_LOG says otherwise.
+    let telemetry = berth_telemetry::init(berth_telemetry::Settings {
+        service: "berth",
+        format: berth_telemetry::LogFormat::Text,
+        default_filter: "off",
+        otlp_endpoint: cli.otlp_endpoint.clone(),
+    })
+    .map_err(|e| eprintln!("berth: traces not exported: {e}"))
+    .ok();
+    let command = command_path(&matches);
+    let span =
+        tracing::info_span!("berth", otel.name = %format!("berth {command}"), otel.kind = "client");
+    let outcome = run(cli).instrument(span).await;
+    drop(telemetry); // flush the trace before exiting
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {}", failure.message);

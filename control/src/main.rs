@@ -16,7 +16,6 @@ mod secrets;
 mod server;
 mod validate;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,7 +29,6 @@ use berth_raft::{NodeConfig, RaftNode};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -104,19 +102,13 @@ struct Args {
     /// gRPC probes); nothing else is served there.
     #[arg(long)]
     health_listen: Option<String>,
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=error,openraft::replication=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    /// Export traces over OTLP/gRPC to this endpoint (http://host:4317);
+    /// default: OTEL_EXPORTER_OTLP_ENDPOINT, else no export.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (host:port).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -143,7 +135,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The chaos suite's failpoints (FAILPOINTS; unset in production).
     let _failpoints = berth_proto::chaos::failpoints();
-    init_tracing(args.log_format);
+    let _telemetry = berth_telemetry::init(berth_telemetry::Settings {
+        service: "berthd",
+        format: match args.log_format {
+            LogFormat::Text => berth_telemetry::LogFormat::Text,
+            LogFormat::Json => berth_telemetry::LogFormat::Json,
+        },
+        default_filter: "info,openraft=error,openraft::replication=off",
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    })?;
     if args.id == 0 {
         bail!("--id must be a positive integer");
     }
@@ -201,6 +201,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "berthd serving");
+    if let Some(addr) = &args.metrics_listen {
+        let bound =
+            berth_telemetry::metrics::spawn(addr, berth_telemetry::metrics::Component::Control)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?;
+        tracing::info!(%bound, "serving metrics on /metrics");
+    }
     if let Some(addr) = &args.health_listen {
         let probe = TcpListener::bind(addr)
             .await

@@ -52,8 +52,13 @@ pub async fn serve(
         .build_v1()
         .context("build reflection service")?;
 
+    // Every request continues its caller's trace and is counted, then
+    // passes authentication and authorization.
+    let layers = tower::ServiceBuilder::new()
+        .layer(berth_telemetry::grpc::TraceLayer)
+        .layer(AuthLayer::new(admission));
     let router = builder
-        .layer(AuthLayer::new(admission))
+        .layer(layers)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(SandboxServiceServer::new(SandboxApi::new(

@@ -112,6 +112,7 @@ impl AgentControl for DeposedLeader {
         };
         let _ = tx
             .send(send(control_message::Msg::Command(Command {
+                traceparent: String::new(),
                 command_id: 77,
                 term: self.stale_term,
                 op: Some(command::Op::Ensure(ensure)),

@@ -22,6 +22,7 @@ mod probe;
 pub mod reconcile;
 pub mod sandbox_actor;
 pub mod supervisor;
+mod telemetry;
 pub mod update_step;
 mod watcher;
 

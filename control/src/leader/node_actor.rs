@@ -32,8 +32,13 @@ pub enum NodeMsg {
     Inbound(AgentMessage),
     /// The agent's stream ended.
     Disconnected(String),
-    /// Send `op` to the agent; the result goes to `reply_to`.
-    Send { op: command::Op, reply_to: ReplyTo },
+    /// Send `op` to the agent; the result goes to `reply_to`. `trace` is
+    /// the sender's W3C traceparent (may be empty).
+    Send {
+        op: command::Op,
+        reply_to: ReplyTo,
+        trace: String,
+    },
 }
 
 /// Who gets a command's result.
@@ -282,7 +287,11 @@ impl Actor for NodeActor {
                 tracing::info!(node = %state.name, %reason, "agent disconnected");
                 myself.stop(Some(reason));
             }
-            NodeMsg::Send { op, reply_to } => {
+            NodeMsg::Send {
+                op,
+                reply_to,
+                trace,
+            } => {
                 let uid = match &op {
                     command::Op::Ensure(e) => e.uid.clone(),
                     command::Op::Stop(s) => s.uid.clone(),
@@ -300,6 +309,7 @@ impl Actor for NodeActor {
                             state.ctx.term
                         },
                         op: Some(op),
+                        traceparent: trace,
                     })),
                 };
                 berth_proto::chaos::failpoint("leader-before-send");

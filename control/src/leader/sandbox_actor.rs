@@ -267,6 +267,7 @@ impl SandboxState {
                 || status.message != record.message
                 || status.container_id != record.container_id;
             if changed {
+                super::telemetry::status_changed(&record, status.phase, &status.container_id);
                 self.ctx
                     .write(Command::SetSandboxStatus {
                         name: record.name.clone(),
@@ -311,6 +312,8 @@ impl SandboxState {
                     }
                 }
                 tracing::debug!(sandbox = %record.name, ?op, "sending command");
+                let trace =
+                    super::telemetry::command_trace(&record, &format!("{op:?}"), self.ctx.term);
                 let command = match op_for(op, &record) {
                     Ok(command) => command,
                     Err(e) => {
@@ -323,6 +326,7 @@ impl SandboxState {
                 node_actor.send_message(NodeMsg::Send {
                     op: command,
                     reply_to: myself.clone().into(),
+                    trace,
                 })?;
                 self.inflight = Some((Inflight::Container(op), Instant::now()));
             }
@@ -387,7 +391,22 @@ impl SandboxState {
         });
         if let Some(command) = event.and_then(|e| update_step::commit(record, op, &e, now)) {
             if let Command::AdvanceOperation { to, reason, .. } = &command {
-                tracing::info!(sandbox = %record.name, operation = %op.id, from = op.phase.as_str(), to = to.as_str(), %reason, "operation phase");
+                // One span per phase transition, in the operation's trace.
+                let span = tracing::info_span!(
+                    "update.phase",
+                    otel.name = %format!("{} {} -> {}", op.kind.as_str(), op.phase.as_str(), to.as_str()),
+                    sandbox = %record.name,
+                    operation = %op.id,
+                    revision = op.to_revision,
+                    phase.from = op.phase.as_str(),
+                    phase.to = to.as_str(),
+                    phase.duration_ms = elapsed,
+                );
+                berth_telemetry::propagate::continue_from(&span, &op.trace);
+                span.in_scope(|| {
+                    tracing::info!(sandbox = %record.name, operation = %op.id, from = op.phase.as_str(), to = to.as_str(), %reason, "operation phase");
+                });
+                super::telemetry::phase_ended(op, *to, elapsed);
             }
             let to = match &command {
                 Command::AdvanceOperation { to, .. } => Some(*to),
@@ -441,6 +460,7 @@ impl SandboxState {
                     uid: record.uid.clone(),
                 }),
                 reply_to: myself.clone().into(),
+                trace: super::telemetry::command_trace(record, "Pull", self.ctx.term),
             })?;
             self.inflight = Some((Inflight::Pull, Instant::now()));
             return Ok(true);

@@ -78,12 +78,16 @@ pub struct SupervisorState {
     started: Instant,
     /// Kept volumes whose removal was sent, and when.
     volumes_inflight: HashMap<String, Instant>,
+    /// Whether this leadership's failover time was recorded (the first
+    /// tick at which every sandbox had its actor).
+    failover_recorded: bool,
 }
 
 impl SupervisorState {
     async fn sync_sandboxes(&mut self, myself: &ActorRef<SupervisorMsg>) {
         let wanted: HashMap<String, String> = {
             let state = self.ctx.node.state().read();
+            super::telemetry::count_phases(state.table.iter());
             state
                 .table
                 .iter()
@@ -168,7 +172,11 @@ impl SupervisorState {
             });
             let reply_to = ReplyTo::Volume(myself.clone(), v.volume.clone());
             if node_actor
-                .send_message(NodeMsg::Send { op, reply_to })
+                .send_message(NodeMsg::Send {
+                    op,
+                    reply_to,
+                    trace: String::new(),
+                })
                 .is_ok()
             {
                 tracing::info!(volume = %v.volume, node = %v.node, "removing kept volume");
@@ -271,6 +279,7 @@ impl Actor for Supervisor {
             restarts: HashMap::new(),
             started: Instant::now(),
             volumes_inflight: HashMap::new(),
+            failover_recorded: false,
         })
     }
 
@@ -287,6 +296,13 @@ impl Actor for Supervisor {
                     .ctx
                     .actors
                     .store(state.sandboxes.len(), Ordering::Relaxed);
+                if !state.failover_recorded {
+                    let all = state.ctx.node.state().read().table.len();
+                    if state.sandboxes.len() >= all {
+                        state.failover_recorded = true;
+                        super::telemetry::leader_ready(state.started.elapsed());
+                    }
+                }
                 state.check_nodes().await;
                 state.sync_volumes(&myself).await;
             }

@@ -37,6 +37,7 @@ pub fn client_proposal(
         tenant: caller.tenant().to_string(),
         at_ms: crate::clock::now_ms(),
     });
+    proposal.trace = berth_telemetry::propagate::current_traceparent();
     Ok(proposal)
 }
 

@@ -156,6 +156,11 @@ pub struct Proposal {
     /// authenticated principal, never from the request.
     #[serde(default)]
     pub audit: Option<AuditStamp>,
+    /// W3C `traceparent` of the request, kept on the sandbox it creates
+    /// or the operation it begins (observability only: never changes
+    /// what is applied).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace: String,
 }
 
 /// The caller of a client proposal and when the API node accepted it.
@@ -182,6 +187,7 @@ impl Proposal {
             term: None,
             request_id: None,
             audit: None,
+            trace: String::new(),
         }
     }
 

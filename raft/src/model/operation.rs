@@ -53,6 +53,10 @@ pub struct Operation {
     /// While Pulling: the node's pull progress, one line.
     #[serde(default)]
     pub progress: String,
+    /// W3C `traceparent` of the request that began the operation: every
+    /// phase, on whichever leader, is part of that trace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace: String,
 }
 
 impl Operation {
@@ -78,6 +82,7 @@ impl Operation {
             phase_started_at_ms: at_ms,
             reason: String::new(),
             progress: String::new(),
+            trace: String::new(),
         }
     }
 

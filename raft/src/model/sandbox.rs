@@ -112,6 +112,10 @@ pub struct SandboxRecord {
     /// The current update or rollback, or the last one.
     #[serde(default)]
     pub operation: Option<Operation>,
+    /// W3C `traceparent` of the request that created the sandbox: its
+    /// first start is part of that trace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace: String,
 }
 
 impl SandboxRecord {

@@ -66,6 +66,38 @@ pub(super) fn not_found(name: &str) -> Applied {
     )
 }
 
+/// Keep the request's trace on what the command started.
+fn stamp_trace(command: &Command, trace: &str, changes: &mut [Change]) {
+    let creates = matches!(command, Command::CreateSandbox { .. });
+    let starts = matches!(
+        command,
+        Command::UpdateSandbox { .. } | Command::RollbackSandbox { .. }
+    );
+    let Some(name) = command.sandbox() else {
+        return;
+    };
+    for change in changes.iter_mut() {
+        let Change::PutSandbox(record) = change else {
+            continue;
+        };
+        if record.name != name {
+            continue;
+        }
+        if creates {
+            record.trace = trace.to_string();
+        }
+        if let Some(op) = record
+            .operation
+            .as_mut()
+            .filter(|op| starts && op.is_active())
+        {
+            if op.trace.is_empty() {
+                op.trace = trace.to_string();
+            }
+        }
+    }
+}
+
 pub(super) fn put(record: SandboxRecord) -> Applied {
     (
         CommandResponse::Sandbox {
@@ -202,7 +234,7 @@ impl State {
             }
         }
         let Some(id) = &proposal.request_id else {
-            return self.apply(&proposal.command);
+            return self.apply_traced(&proposal.command, &proposal.trace);
         };
         let subject = proposal.command.subject();
         // The chaos suite's `apply-twice` forgets every request id (see
@@ -221,7 +253,7 @@ impl State {
             }
             return (first.response.clone(), vec![]);
         }
-        let (response, mut changes) = self.apply(&proposal.command);
+        let (response, mut changes) = self.apply_traced(&proposal.command, &proposal.trace);
         let record = RequestRecord {
             id: id.clone(),
             index,
@@ -247,7 +279,16 @@ impl State {
     /// Applies one command. Deterministic: the same state and command give
     /// the same result on every node.
     pub fn apply(&mut self, command: &Command) -> Applied {
-        let (response, changes) = self.decide(command);
+        self.apply_traced(command, "")
+    }
+
+    /// [`State::apply`], keeping `trace` on the sandbox a create makes or
+    /// the operation an update or rollback begins.
+    fn apply_traced(&mut self, command: &Command, trace: &str) -> Applied {
+        let (response, mut changes) = self.decide(command);
+        if !trace.is_empty() {
+            stamp_trace(command, trace, &mut changes);
+        }
         for change in &changes {
             self.take(change);
         }
@@ -299,6 +340,7 @@ impl State {
                     }],
                     stable_revision: 0,
                     operation: None,
+                    trace: String::new(),
                 })
             }
             Command::DeleteSandbox { name, keep_volume } => {

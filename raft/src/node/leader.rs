@@ -270,6 +270,7 @@ impl RaftNode {
         let data = codec::encode(op).map_err(|e| NodeError::Internal(e.to_string()))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(remaining);
+        berth_telemetry::propagate::inject_metadata(request.metadata_mut());
         let reply = client.forward(request).await.map_err(|status| {
             if connection_refused(&status) {
                 // Refused at TCP connect: nothing was sent.

@@ -102,6 +102,7 @@ impl RaftNode {
         )
         .await
         .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
+        tokio::spawn(export_metrics(raft.metrics(), config.id));
         Ok(Arc::new(Self {
             id: config.id,
             addr: config.addr,
@@ -256,6 +257,32 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Keep the Raft gauges (term, leader, log and applied index, apply lag)
+/// current from openraft's metrics until the node stops.
+async fn export_metrics(
+    mut rx: tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    id: NodeId,
+) {
+    let m = berth_telemetry::metrics::get();
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    loop {
+        {
+            let r = rx.borrow_and_update();
+            let last = r.last_log_index.unwrap_or(0);
+            let applied = r.last_applied.map_or(0, |l| l.index);
+            m.raft_term.set(gauge(r.current_term));
+            m.raft_is_leader
+                .set(i64::from(r.current_leader == Some(id)));
+            m.raft_last_log_index.set(gauge(last));
+            m.raft_applied_index.set(gauge(applied));
+            m.raft_apply_lag.set(gauge(last.saturating_sub(applied)));
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -138,6 +138,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        if let Some(id) = committed {
+            berth_telemetry::metrics::get()
+                .raft_commit_index
+                .set(i64::try_from(id.index).unwrap_or(i64::MAX));
+        }
         Ok(self.put_meta_synced(keys::COMMITTED, &committed)?)
     }
 
@@ -161,10 +166,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Synced before openraft learns the entries are flushed (invariant 1).
         berth_proto::chaos::failpoint("log-before-sync");
+        let started = std::time::Instant::now();
         let result = self
             .db
             .write_opt(batch, &synced())
             .map_err(std::io::Error::other);
+        berth_telemetry::metrics::get()
+            .raft_append_duration
+            .observe(started.elapsed().as_secs_f64());
         let failed = result.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(result);
         match failed {

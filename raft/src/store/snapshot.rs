@@ -233,6 +233,7 @@ mod tests {
                 revisions: vec![],
                 stable_revision: 0,
                 operation: None,
+                trace: String::new(),
             })
             .collect();
         let nodes = vec![NodeRecord {

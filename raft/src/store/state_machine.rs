@@ -199,6 +199,20 @@ fn persist(
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
+        let built = self.build_snapshot_now().await;
+        if built.is_ok() {
+            let m = berth_telemetry::metrics::get();
+            m.raft_snapshots.inc();
+            m.raft_snapshot_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        built
+    }
+}
+
+impl StateMachineStore {
+    async fn build_snapshot_now(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let file = {
             let view = self.state.read();
             let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);

@@ -26,6 +26,7 @@ fn record(node: Option<&str>, desired: Desired) -> SandboxRecord {
         revisions: vec![],
         stable_revision: 0,
         operation: None,
+        trace: String::new(),
     }
 }
 

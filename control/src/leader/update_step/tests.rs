@@ -45,6 +45,7 @@ fn record() -> SandboxRecord {
         ],
         stable_revision: 1,
         operation: None,
+        trace: String::new(),
     }
 }
 
@@ -67,6 +68,7 @@ fn op(phase: UpdatePhase) -> Operation {
         phase_started_at_ms: 1_000,
         reason: String::new(),
         progress: String::new(),
+        trace: String::new(),
     }
 }
 

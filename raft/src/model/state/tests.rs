@@ -920,3 +920,43 @@ mod access {
         assert_eq!(rejected(&state.apply(&create("free")).0), None);
     }
 }
+
+#[test]
+fn a_request_trace_stays_on_the_sandbox_and_the_operation_it_began() {
+    let mut state = State::default();
+    let traced = |command: Command, trace: &str| Proposal {
+        trace: trace.into(),
+        ..Proposal::new(command)
+    };
+    state.apply_proposal(1, 1, &traced(register("n1"), "t-ignored"));
+    state.apply_proposal(1, 2, &traced(create("a"), "t-create"));
+    assert_eq!(state.sandbox("a").unwrap().trace, "t-create");
+    placed_running(&mut state, "b");
+    assert_eq!(state.sandbox("b").unwrap().trace, "", "no trace, none kept");
+    let update = Command::UpdateSandbox {
+        name: "a".into(),
+        operation_id: "op-1".into(),
+        spec: SandboxSpec {
+            image: "busybox:2".into(),
+            policy: None,
+            env: Default::default(),
+            secret_env: Default::default(),
+        },
+        expected_revision: None,
+        policy: crate::model::update::UpdatePolicy::default(),
+        at_ms: 50,
+        keep_revisions: 0,
+    };
+    state.apply(&schedule("a", "n1"));
+    state.apply(&Command::SetSandboxStatus {
+        name: "a".into(),
+        uid: "uid-a".into(),
+        phase: Phase::Running,
+        message: "running".into(),
+        container_id: "c".into(),
+    });
+    state.apply_proposal(1, 9, &traced(update, "t-update"));
+    let record = state.sandbox("a").unwrap();
+    assert_eq!(record.operation.as_ref().unwrap().trace, "t-update");
+    assert_eq!(record.trace, "t-create", "the create's trace is unchanged");
+}

@@ -62,6 +62,7 @@ impl State {
             }],
             stable_revision: 0,
             operation: None,
+            trace: String::new(),
         };
         let (response, mut changes) = put(record);
         changes.push(Change::DeleteVolume(volume.to_string()));
