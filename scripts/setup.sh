@@ -7,7 +7,7 @@
 # Podman API service if it is not running. Idempotent. Needs root (or sudo).
 set -euo pipefail
 
-packages=(protobuf-compiler libclang-dev clang podman runc busybox-static uidmap curl libfaketime)
+packages=(protobuf-compiler libclang-dev clang podman runc busybox-static uidmap curl libfaketime prometheus)
 
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"

@@ -3,7 +3,9 @@
 //! exposes ([`Component`]), and the `/metrics` endpoint ([`serve`], the
 //! OpenMetrics text format). Names carry their unit and counters end in
 //! `_total`; labels have bounded values (methods, codes, phases, kinds),
-//! never a sandbox name.
+//! never a sandbox name. A scraper that asks for OpenMetrics gets it; any
+//! other gets the classic text format (0.0.4), which `promtool check
+//! metrics` reads.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -291,6 +293,39 @@ pub fn render(registry: &Registry) -> String {
     text
 }
 
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics text:
+/// counters are declared under their `_total` name, and the `# UNIT` and
+/// `# EOF` lines go.
+pub fn to_classic(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let declared = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        match declared {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Serve `GET /metrics` on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, component: Component) {
     let registry = std::sync::Arc::new(get().registry(component));
@@ -304,7 +339,18 @@ pub async fn serve(listener: tokio::net::TcpListener, component: Component) {
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let registry = registry.clone();
                     async move {
-                        let (status, body, kind) = if req.uri().path() == "/metrics" {
+                        let open_metrics = req
+                            .headers()
+                            .get(http::header::ACCEPT)
+                            .and_then(|a| a.to_str().ok())
+                            .is_some_and(|a| a.contains("application/openmetrics-text"));
+                        let (status, body, kind) = if req.uri().path() != "/metrics" {
+                            (
+                                http::StatusCode::NOT_FOUND,
+                                "try /metrics\n".to_string(),
+                                "text/plain",
+                            )
+                        } else if open_metrics {
                             (
                                 http::StatusCode::OK,
                                 render(&registry),
@@ -312,9 +358,9 @@ pub async fn serve(listener: tokio::net::TcpListener, component: Component) {
                             )
                         } else {
                             (
-                                http::StatusCode::NOT_FOUND,
-                                "try /metrics\n".to_string(),
-                                "text/plain",
+                                http::StatusCode::OK,
+                                to_classic(&render(&registry)),
+                                "text/plain; version=0.0.4; charset=utf-8",
                             )
                         };
                         let mut res = http::Response::new(Full::new(Bytes::from(body)));
@@ -343,6 +389,16 @@ pub async fn spawn(addr: &str, component: Component) -> std::io::Result<std::net
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_classic_format_declares_counters_by_their_total_name() {
+        let open = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 3\n# HELP a_lat Latency.\n# TYPE a_lat histogram\n# UNIT a_lat seconds\na_lat_count 1\n# EOF\n";
+        let classic = to_classic(open);
+        assert_eq!(
+            classic,
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 3\n# HELP a_lat Latency.\n# TYPE a_lat histogram\na_lat_count 1\n"
+        );
+    }
 
     #[test]
     fn names_carry_units_and_counters_end_in_total() {
