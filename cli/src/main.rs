@@ -10,6 +10,7 @@ mod access;
 mod certs;
 mod client;
 mod credentials;
+mod describe;
 mod local;
 mod operations;
 mod output;

@@ -12,7 +12,7 @@ pub enum Format {
     Json,
 }
 
-fn phase_name(phase: i32) -> &'static str {
+pub fn phase_name(phase: i32) -> &'static str {
     match Phase::try_from(phase) {
         Ok(Phase::Pending) => "Pending",
         Ok(Phase::Starting) => "Starting",
@@ -277,7 +277,7 @@ pub fn print_revisions(format: Format, list: &berth_proto::v1::ListRevisionsResp
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
-fn utc(ms: i64) -> String {
+pub fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

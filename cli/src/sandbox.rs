@@ -89,9 +89,23 @@ pub enum SandboxCommand {
     },
     /// List the sandbox's revisions.
     History { name: String },
-    /// The sandbox name's audit trail: every call and exec, who made it,
-    /// how it ended (also calls about earlier sandboxes of the name).
-    Events { name: String },
+    /// What happened to the sandbox (the last 100 events: scheduled,
+    /// started, exited, restarted, update phases, failures with reasons).
+    Events {
+        name: String,
+        /// Keep printing new events as they happen (until interrupted or
+        /// the sandbox is deleted).
+        #[arg(long, short = 'f', conflicts_with = "audit")]
+        follow: bool,
+        /// The name's audit trail instead: every call and exec, who made
+        /// it, how it ended (also calls about earlier sandboxes of the name).
+        #[arg(long)]
+        audit: bool,
+    },
+    /// Everything about one sandbox on one screen: spec and revisions,
+    /// placement, container, the operation in flight, the last events, and
+    /// why it is not running when it is not.
+    Describe { name: String },
 }
 
 /// How long `delete` waits for the sandbox's node to remove it.
@@ -284,12 +298,34 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
         } => {
             return crate::operations::rollback(&mut client, format, name, to_revision, wait).await
         }
-        SandboxCommand::Events { name } => {
+        SandboxCommand::Events {
+            name,
+            follow: false,
+            audit,
+        } => {
             let events = client
                 .sandbox_events(berth_proto::v1::SandboxEventsRequest { name })
                 .await?
                 .into_inner();
-            crate::output::print_events(format, &events.events);
+            if audit {
+                crate::output::print_events(format, &events.events);
+            } else {
+                crate::describe::print_lifecycle(format, &events.lifecycle, true);
+            }
+        }
+        SandboxCommand::Events {
+            name, follow: true, ..
+        } => {
+            let request = berth_proto::v1::WatchEventsRequest { name, after_seq: 0 };
+            let mut stream = client.watch_events(request).await?.into_inner();
+            let mut header = true;
+            while let Some(event) = stream.message().await? {
+                crate::describe::print_lifecycle(format, std::slice::from_ref(&event), header);
+                header = false;
+            }
+        }
+        SandboxCommand::Describe { name } => {
+            return crate::describe::describe(&control, format, name).await;
         }
         SandboxCommand::History { name } => {
             return crate::operations::history(&mut client, format, name).await

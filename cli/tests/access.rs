@@ -216,7 +216,7 @@ fn tokens_roles_tenants_and_quotas_through_the_cli() {
     let got = c.with(&b, &["-o", "json", "sandbox", "get", "vault"]);
     assert!(!got.stdout.contains("from-a-file"), "{}", got.stdout);
     assert_eq!(json(&got)["secret_env"]["DB_PASSWORD"], "<secret>");
-    let events = json(&c.with(&b, &["-o", "json", "sandbox", "events", "vault"]));
+    let events = json(&c.with(&b, &["-o", "json", "sandbox", "events", "vault", "--audit"]));
     let first = &events.as_array().unwrap()[0];
     assert_eq!(first["principal"], format!("token:{}", id(&b)));
     assert_eq!(first["outcome"], "ok");

@@ -148,6 +148,44 @@ async fn berth_up_with_the_kube_driver_runs_sandboxes_as_pods() {
     assert_eq!(read.stdout, "precious\nseeded by v1\n", "{}", read.stderr);
     assert_eq!(api.claim_overlaps(), Vec::<String>::new());
 
+    // describe and events: the human view of what happened.
+    let described = blocking(vec!["sandbox", "describe", "web"]).await.unwrap();
+    assert_eq!(described.code, 0, "{}", described.stderr);
+    for wanted in [
+        "Phase",
+        "Running",
+        "k3s-worker-1 (Ready)",
+        "r2 localhost/demo:v2 (current",
+        "Events (last",
+    ] {
+        assert!(
+            described.stdout.contains(wanted),
+            "no {wanted:?} in\n{}",
+            described.stdout
+        );
+    }
+    assert!(
+        !described.stdout.contains("Not running"),
+        "{}",
+        described.stdout
+    );
+    let events = blocking(vec!["sandbox", "events", "web"]).await.unwrap();
+    assert_eq!(events.code, 0, "{}", events.stderr);
+    for wanted in [
+        "Created",
+        "Scheduled",
+        "Started",
+        "Running",
+        "Update",
+        "Restarted",
+    ] {
+        assert!(
+            events.stdout.contains(wanted),
+            "no {wanted:?} in\n{}",
+            events.stdout
+        );
+    }
+
     // Delete keeping the workspace: the claim stays; then delete it.
     let volume = phase(&home)["volume"]
         .as_str()

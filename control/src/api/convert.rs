@@ -101,6 +101,9 @@ pub fn operation_to_proto(sandbox: &str, op: &Operation) -> v1::Operation {
         reason: op.reason.clone(),
         terminal: op.phase.is_terminal(),
         progress: op.progress.clone(),
+        deadline_unix_ms: op.policy.deadline_ms(op.phase).map_or(0, |d| {
+            op.phase_started_at_ms + i64::try_from(d).unwrap_or(i64::MAX / 2)
+        }),
     }
 }
 

@@ -7,6 +7,7 @@ mod agent_session;
 mod cluster;
 mod convert;
 mod data_plane;
+mod events;
 mod operations;
 mod sandbox;
 mod volumes;

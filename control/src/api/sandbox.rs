@@ -173,6 +173,7 @@ impl SandboxService for SandboxApi {
     type ExecSandboxStream = BoxStream<ExecSandboxOutput>;
     type SandboxLogsStream = BoxStream<SandboxLogChunk>;
     type WatchSandboxStream = BoxStream<Sandbox>;
+    type WatchEventsStream = BoxStream<berth_proto::v1::LifecycleEvent>;
 
     #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
     async fn create_sandbox(
@@ -282,6 +283,18 @@ impl SandboxService for SandboxApi {
         ))
     }
 
+    async fn watch_events(
+        &self,
+        request: Request<berth_proto::v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let scope = Scope::of(&request)?;
+        let request = request.into_inner();
+        let key = scope.key(&request.name)?;
+        Ok(Response::new(
+            super::events::watch(self.node.clone(), key, request.after_seq).await?,
+        ))
+    }
+
     async fn watch_sandbox(
         &self,
         request: Request<WatchSandboxRequest>,
@@ -365,7 +378,9 @@ impl SandboxService for SandboxApi {
                 outcome: e.outcome.clone(),
             })
             .collect();
-        Ok(Response::new(SandboxEventsResponse { events }))
+        drop(state);
+        let lifecycle = super::events::list(&self.node, &key);
+        Ok(Response::new(SandboxEventsResponse { events, lifecycle }))
     }
 
     async fn list_volumes(

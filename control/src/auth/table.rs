@@ -44,6 +44,7 @@ pub const TABLE: &[(&str, &str, Required)] = &[
     ("berth.v1.SandboxService", "DeleteVolume", MEMBER),
     ("berth.v1.SandboxService", "ListRevisions", READER),
     ("berth.v1.SandboxService", "SandboxEvents", READER),
+    ("berth.v1.SandboxService", "WatchEvents", READER),
     ("berth.v1.ClusterService", "GetStatus", READER),
     (
         "berth.v1.ClusterService",

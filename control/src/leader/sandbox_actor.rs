@@ -275,6 +275,7 @@ impl SandboxState {
                         phase: status.phase,
                         message: status.message,
                         container_id: status.container_id,
+                        at_ms: now_ms(),
                     })
                     .await?;
             }
@@ -288,6 +289,7 @@ impl SandboxState {
                         name: record.name.clone(),
                         uid: record.uid.clone(),
                         node,
+                        at_ms: now_ms(),
                     })
                     .await?;
                 let _ = myself.send_message(SandboxMsg::Nudge);

@@ -38,6 +38,9 @@ pub enum Command {
         name: String,
         uid: String,
         node: String,
+        /// When the leader placed it (for the sandbox's events).
+        #[serde(default)]
+        at_ms: i64,
     },
     /// Record what the sandbox's actor observed.
     SetSandboxStatus {
@@ -46,6 +49,9 @@ pub enum Command {
         phase: Phase,
         message: String,
         container_id: String,
+        /// When the leader observed it (for the sandbox's events).
+        #[serde(default)]
+        at_ms: i64,
     },
     /// Forget a sandbox its node has deleted (recording its volume as
     /// kept when it was deleted with `keep_volume`).

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod command;
+pub mod events;
 mod node;
 mod operation;
 mod sandbox;

@@ -116,6 +116,9 @@ pub struct SandboxRecord {
     /// first start is part of that trace.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace: String,
+    /// The last lifecycle events, oldest first (see [`super::events`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<super::events::LifecycleEvent>,
 }
 
 impl SandboxRecord {

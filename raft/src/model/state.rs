@@ -66,6 +66,41 @@ pub(super) fn not_found(name: &str) -> Applied {
     )
 }
 
+impl State {
+    /// Append the lifecycle events each changed sandbox implies. A rejected
+    /// request changes nothing, so it leaves no event (its caller got the
+    /// reason); refusals by a node show as the sandbox's Failed message.
+    fn record_events(&self, command: &Command, changes: &mut [Change], stamp_ms: Option<i64>) {
+        let at_ms = command_time(command).or(stamp_ms).unwrap_or(0);
+        for change in changes.iter_mut() {
+            let Change::PutSandbox(record) = change else {
+                continue;
+            };
+            let old = self
+                .sandboxes
+                .get(&record.name)
+                .filter(|o| o.uid == record.uid);
+            for (kind, message) in crate::model::events::derive(old, record) {
+                crate::model::events::push(record, at_ms, kind, message);
+            }
+        }
+    }
+}
+
+/// The time a command carries, if any.
+fn command_time(command: &Command) -> Option<i64> {
+    let ms = match command {
+        Command::CreateSandbox { created_at_ms, .. } => *created_at_ms,
+        Command::UpdateSandbox { at_ms, .. }
+        | Command::RollbackSandbox { at_ms, .. }
+        | Command::AdvanceOperation { at_ms, .. }
+        | Command::ScheduleSandbox { at_ms, .. }
+        | Command::SetSandboxStatus { at_ms, .. } => *at_ms,
+        _ => 0,
+    };
+    (ms > 0).then_some(ms)
+}
+
 /// Keep the request's trace on what the command started.
 fn stamp_trace(command: &Command, trace: &str, changes: &mut [Change]) {
     let creates = matches!(command, Command::CreateSandbox { .. });
@@ -233,8 +268,9 @@ impl State {
                 return (CommandResponse::rejected(StaleTerm, msg), vec![]);
             }
         }
+        let stamp_ms = proposal.audit.as_ref().map(|a| a.at_ms);
         let Some(id) = &proposal.request_id else {
-            return self.apply_traced(&proposal.command, &proposal.trace);
+            return self.apply_traced(&proposal.command, &proposal.trace, stamp_ms);
         };
         let subject = proposal.command.subject();
         // The chaos suite's `apply-twice` forgets every request id (see
@@ -253,7 +289,8 @@ impl State {
             }
             return (first.response.clone(), vec![]);
         }
-        let (response, mut changes) = self.apply_traced(&proposal.command, &proposal.trace);
+        let (response, mut changes) =
+            self.apply_traced(&proposal.command, &proposal.trace, stamp_ms);
         let record = RequestRecord {
             id: id.clone(),
             index,
@@ -279,15 +316,28 @@ impl State {
     /// Applies one command. Deterministic: the same state and command give
     /// the same result on every node.
     pub fn apply(&mut self, command: &Command) -> Applied {
-        self.apply_traced(command, "")
+        self.apply_traced(command, "", None)
     }
 
     /// [`State::apply`], keeping `trace` on the sandbox a create makes or
     /// the operation an update or rollback begins.
-    fn apply_traced(&mut self, command: &Command, trace: &str) -> Applied {
-        let (response, mut changes) = self.decide(command);
+    /// Lifecycle events are derived here too (`stamp_ms`: the API node's
+    /// time of a client's request, for commands that carry none).
+    fn apply_traced(&mut self, command: &Command, trace: &str, stamp_ms: Option<i64>) -> Applied {
+        let (mut response, mut changes) = self.decide(command);
         if !trace.is_empty() {
             stamp_trace(command, trace, &mut changes);
+        }
+        self.record_events(command, &mut changes, stamp_ms);
+        // The answer shows the record as stored.
+        if let CommandResponse::Sandbox { record } = &mut response {
+            let stored = changes.iter().find_map(|c| match c {
+                Change::PutSandbox(r) if r.name == record.name && r.uid == record.uid => Some(r),
+                _ => None,
+            });
+            if let Some(stored) = stored {
+                *record = stored.clone();
+            }
         }
         for change in &changes {
             self.take(change);
@@ -341,6 +391,7 @@ impl State {
                     stable_revision: 0,
                     operation: None,
                     trace: String::new(),
+                    events: Vec::new(),
                 })
             }
             Command::DeleteSandbox { name, keep_volume } => {
@@ -395,7 +446,9 @@ impl State {
                 record.desired = *desired;
                 put(record)
             }
-            Command::ScheduleSandbox { name, uid, node } => {
+            Command::ScheduleSandbox {
+                name, uid, node, ..
+            } => {
                 let Some(record) = self.current(name, uid) else {
                     return not_found(name);
                 };
@@ -426,6 +479,7 @@ impl State {
                 phase,
                 message,
                 container_id,
+                ..
             } => {
                 let Some(record) = self.current(name, uid) else {
                     return not_found(name);

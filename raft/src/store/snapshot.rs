@@ -234,6 +234,7 @@ mod tests {
                 stable_revision: 0,
                 operation: None,
                 trace: String::new(),
+                events: Vec::new(),
             })
             .collect();
         let nodes = vec![NodeRecord {

@@ -27,6 +27,7 @@ fn record(node: Option<&str>, desired: Desired) -> SandboxRecord {
         stable_revision: 0,
         operation: None,
         trace: String::new(),
+        events: Vec::new(),
     }
 }
 

@@ -46,6 +46,7 @@ fn record() -> SandboxRecord {
         stable_revision: 1,
         operation: None,
         trace: String::new(),
+        events: Vec::new(),
     }
 }
 

@@ -33,6 +33,7 @@ fn schedule(name: &str, node: &str) -> Command {
         name: name.into(),
         uid: format!("uid-{name}"),
         node: node.into(),
+        at_ms: 0,
     }
 }
 
@@ -47,6 +48,7 @@ fn placed_running(state: &mut State, name: &str) {
         phase: Phase::Running,
         message: "running".into(),
         container_id: "c".into(),
+        at_ms: 0,
     });
 }
 
@@ -155,6 +157,7 @@ fn commands_with_a_stale_uid_are_rejected() {
         phase: Phase::Running,
         message: String::new(),
         container_id: "c".into(),
+        at_ms: 0,
     };
     let (resp, changes) = state.apply(&stale);
     assert_eq!(rejected(&resp), Some(RejectionKind::NotFound));
@@ -593,6 +596,7 @@ mod proposals {
             phase: Phase::Failed,
             message: "stale".into(),
             container_id: String::new(),
+            at_ms: 0,
         };
         let (resp, changes) = state.apply_proposal(5, 10, &Proposal::in_term(status.clone(), 4));
         assert_eq!(rejected(&resp), Some(RejectionKind::StaleTerm));
@@ -954,9 +958,59 @@ fn a_request_trace_stays_on_the_sandbox_and_the_operation_it_began() {
         phase: Phase::Running,
         message: "running".into(),
         container_id: "c".into(),
+        at_ms: 0,
     });
     state.apply_proposal(1, 9, &traced(update, "t-update"));
     let record = state.sandbox("a").unwrap();
     assert_eq!(record.operation.as_ref().unwrap().trace, "t-update");
     assert_eq!(record.trace, "t-create", "the create's trace is unchanged");
+}
+
+#[test]
+fn lifecycle_events_follow_the_record_and_are_bounded() {
+    let mut state = State::default();
+    placed_running(&mut state, "a");
+    let kinds: Vec<String> = state
+        .sandbox("a")
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| format!("{} {}", e.kind, e.message))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Created image busybox:1",
+            "Scheduled placed on node n1",
+            "Starting scheduled on node n1",
+            "Started container c",
+            "Running running",
+        ]
+    );
+    let first = &state.sandbox("a").unwrap().events[0];
+    assert_eq!((first.seq, first.at_ms, first.revision), (1, 42, 1));
+    // A rejected request changes nothing: no event either.
+    let before = state.sandbox("a").unwrap().events.len();
+    let (_, changes) = state.apply(&create("a"));
+    assert!(changes.is_empty());
+    assert_eq!(state.sandbox("a").unwrap().events.len(), before);
+    // Bounded: the oldest go first; seq keeps counting.
+    for i in 0..150 {
+        state.apply(&Command::SetSandboxStatus {
+            name: "a".into(),
+            uid: "uid-a".into(),
+            phase: if i % 2 == 0 {
+                Phase::Failed
+            } else {
+                Phase::Running
+            },
+            message: format!("m{i}"),
+            container_id: "c".into(),
+            at_ms: 1000 + i,
+        });
+    }
+    let events = &state.sandbox("a").unwrap().events;
+    assert_eq!(events.len(), crate::model::events::MAX_EVENTS);
+    assert_eq!(events.last().unwrap().seq, 5 + 150);
+    assert_eq!(events.last().unwrap().at_ms, 1149);
 }

@@ -63,6 +63,7 @@ impl State {
             stable_revision: 0,
             operation: None,
             trace: String::new(),
+            events: Vec::new(),
         };
         let (response, mut changes) = put(record);
         changes.push(Change::DeleteVolume(volume.to_string()));
