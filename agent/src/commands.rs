@@ -97,6 +97,7 @@ impl CommandRunner {
         });
         if let Some(result) = refusal {
             tracing::warn!(command_id = id, term = command.term, error = %result.error, "command not run");
+            count(kind_of(&command), &result);
             let _ = reply.send(result_message(result)).await;
             return;
         }
@@ -152,13 +153,7 @@ fn spawn_lane(
 /// that continues the leader's trace, counted by kind and result.
 pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> CommandResult {
     use tracing::Instrument;
-    let kind = match &command.op {
-        Some(Op::Ensure(_)) => "ensure",
-        Some(Op::Stop(_)) => "stop",
-        Some(Op::Remove(_)) => "remove",
-        Some(Op::Pull(_)) => "pull",
-        None => "none",
-    };
+    let kind = kind_of(&command);
     let span = tracing::info_span!(
         "agent.command",
         otel.name = %format!("agent {kind}"),
@@ -170,6 +165,23 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
     let result = execute_fenced(driver, fence, command)
         .instrument(span)
         .await;
+    count(kind, &result);
+    result
+}
+
+/// The kind of a command, as metrics and spans name it.
+fn kind_of(command: &Command) -> &'static str {
+    match &command.op {
+        Some(Op::Ensure(_)) => "ensure",
+        Some(Op::Stop(_)) => "stop",
+        Some(Op::Remove(_)) => "remove",
+        Some(Op::Pull(_)) => "pull",
+        None => "none",
+    }
+}
+
+/// Count a finished (or refused) command by kind and result.
+fn count(kind: &'static str, result: &CommandResult) {
     let m = berth_telemetry::metrics::get();
     let outcome = if result.refused {
         m.agent_fence_refusals.inc();
@@ -185,7 +197,6 @@ pub async fn execute(driver: &dyn Driver, fence: &Fence, command: Command) -> Co
             result: outcome.to_string(),
         })
         .inc();
-    result
 }
 
 /// Time one driver call, in its own span (`engine <call>`).

@@ -86,7 +86,14 @@ where
                     Err(_) => "Internal".to_string(),
                 };
                 tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
-                crate::metrics::get().grpc(&method, &code, start.elapsed());
+                // An unknown path is one label value, however many a
+                // client makes up (bounded cardinality).
+                let label = if code == "Unimplemented" {
+                    "unknown"
+                } else {
+                    method.as_str()
+                };
+                crate::metrics::get().grpc(label, &code, start.elapsed());
                 result
             }
             .instrument(span),

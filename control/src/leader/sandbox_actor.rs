@@ -314,8 +314,12 @@ impl SandboxState {
                     }
                 }
                 tracing::debug!(sandbox = %record.name, ?op, "sending command");
-                let trace =
-                    super::telemetry::command_trace(&record, &format!("{op:?}"), self.ctx.term);
+                let op_name = match op {
+                    AgentOp::Ensure => "Ensure",
+                    AgentOp::Stop => "Stop",
+                    AgentOp::Remove { .. } => "Remove",
+                };
+                let trace = super::telemetry::command_trace(&record, op_name, self.ctx.term);
                 let command = match op_for(op, &record) {
                     Ok(command) => command,
                     Err(e) => {

@@ -68,14 +68,21 @@ pub fn count_phases<'a>(records: impl Iterator<Item = &'a SandboxRecord>) {
         *counts.entry(r.phase.as_str()).or_default() += 1;
     }
     let m = metrics::get();
-    // Every phase seen before stays exported (at 0 when none is left).
-    m.sandboxes.clear();
-    for (phase, n) in counts {
+    // Every phase is always exported (0 when no sandbox is in it).
+    let all = [
+        Phase::Pending,
+        Phase::Starting,
+        Phase::Running,
+        Phase::Stopped,
+        Phase::Failed,
+        Phase::Deleting,
+    ];
+    for phase in all.map(Phase::as_str) {
         m.sandboxes
             .get_or_create(&PhaseLabel {
                 phase: phase.to_string(),
             })
-            .set(n);
+            .set(counts.get(phase).copied().unwrap_or(0));
     }
 }
 
@@ -100,8 +107,16 @@ pub fn leader_ready(after: Duration) {
     let m = metrics::get();
     m.leader_changes.inc();
     m.failover_duration.observe(after.as_secs_f64());
-    tracing::info!(
-        after_ms = after.as_millis() as u64,
-        "leader ready: every sandbox actor running"
+    // A trace of its own: a failover is nobody's request.
+    let span = tracing::info_span!(
+        "leader.ready",
+        otel.name = "leader ready",
+        failover_ms = after.as_millis() as u64,
     );
+    span.in_scope(|| {
+        tracing::info!(
+            after_ms = after.as_millis() as u64,
+            "leader ready: every sandbox actor running"
+        );
+    });
 }
