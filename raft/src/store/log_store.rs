@@ -1,4 +1,4 @@
-//! The Raft log and vote on RocksDB.
+//! The Raft log and vote on the node's disk (RocksDB in production).
 //!
 //! Invariant kept here: `append` calls openraft's flushed-callback only after
 //! the batch is synced; the vote is synced before `save_vote` returns; purge
@@ -6,16 +6,14 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::disk::{Batch, Cf, SharedDisk};
 use super::keys::{self, log_key};
-use super::{synced, CF_LOG, CF_RAFT_META};
 use crate::{codec, NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -23,26 +21,18 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// Log store handle; cheap to clone (replication tasks read through clones).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    disk: SharedDisk,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
-    }
-
-    fn cf(&self, name: &str) -> StorageResult<&rocksdb::ColumnFamily> {
-        self.db.cf_handle(name).ok_or_else(|| {
-            let e = std::io::Error::other(format!("column family {name} missing"));
-            StorageIOError::read(&e).into()
-        })
+    pub(crate) fn new(disk: SharedDisk) -> Self {
+        Self { disk }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
-        let cf = self.cf(CF_RAFT_META)?;
         let Some(bytes) = self
-            .db
-            .get_cf(cf, key)
+            .disk
+            .get(Cf::RaftMeta, key)
             .map_err(|e| StorageIOError::read(&e))?
         else {
             return Ok(None);
@@ -56,22 +46,22 @@ impl LogStore {
         key: &[u8],
         value: &T,
     ) -> Result<(), StorageIOError<NodeId>> {
-        let cf = self
-            .cf(CF_RAFT_META)
-            .map_err(|e| StorageIOError::write(&e))?;
         let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
-        self.db
-            .put_cf_opt(cf, key, bytes, &synced())
+        let mut batch = Batch::default();
+        batch.put(Cf::RaftMeta, key, bytes);
+        self.disk
+            .write(batch, true)
             .map_err(|e| StorageIOError::write(&e))
     }
 
     fn last_entry_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
-        let cf = self.cf(CF_LOG)?;
-        let mut iter = self.db.iterator_cf(cf, IteratorMode::End);
-        match iter.next() {
+        let last = self
+            .disk
+            .last(Cf::Log)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        match last {
             None => Ok(None),
-            Some(item) => {
-                let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            Some((_, value)) => {
                 let entry: Entry<TypeConfig> =
                     codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
                 Ok(Some(entry.log_id))
@@ -90,14 +80,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let cf = self.cf(CF_LOG)?;
-        let start_key = log_key(start);
-        let iter = self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&start_key, Direction::Forward));
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(log_key(i.saturating_add(1))),
+            Bound::Excluded(i) => Some(log_key(*i)),
+            Bound::Unbounded => None,
+        };
+        let pairs = self
+            .disk
+            .range(Cf::Log, &log_key(start), end.as_ref().map(|k| k.as_slice()))
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let mut entries = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+        for (key, value) in pairs {
             let Some(index) = keys::log_index(&key) else {
                 continue;
             };
@@ -157,20 +150,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.cf(CF_LOG)?;
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         for entry in entries {
             let bytes = codec::encode(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            batch.put_cf(cf, log_key(entry.log_id.index), bytes);
+            batch.put(Cf::Log, log_key(entry.log_id.index), bytes);
         }
         // Synced before openraft learns the entries are flushed (invariant 1).
         berth_proto::chaos::failpoint("log-before-sync");
         let started = std::time::Instant::now();
-        let result = self
-            .db
-            .write_opt(batch, &synced())
-            .map_err(std::io::Error::other);
+        let result = self.disk.write(batch, true);
         berth_telemetry::metrics::get()
             .raft_append_duration
             .observe(started.elapsed().as_secs_f64());
@@ -183,24 +172,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let cf = self.cf(CF_LOG)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, log_key(log_id.index), log_key(u64::MAX));
-        batch.delete_cf(cf, log_key(u64::MAX));
-        self.db
-            .write_opt(batch, &synced())
+        let mut batch = Batch::default();
+        batch.delete_range(Cf::Log, log_key(log_id.index), log_key(u64::MAX));
+        batch.delete(Cf::Log, log_key(u64::MAX));
+        self.disk
+            .write(batch, true)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let log_cf = self.cf(CF_LOG)?;
-        let meta_cf = self.cf(CF_RAFT_META)?;
         let purged = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(meta_cf, keys::LAST_PURGED, purged);
-        batch.delete_range_cf(log_cf, log_key(0), log_key(log_id.index.saturating_add(1)));
-        self.db
-            .write_opt(batch, &synced())
+        let mut batch = Batch::default();
+        batch.put(Cf::RaftMeta, keys::LAST_PURGED, purged);
+        batch.delete_range(Cf::Log, log_key(0), log_key(log_id.index.saturating_add(1)));
+        self.disk
+            .write(batch, true)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }

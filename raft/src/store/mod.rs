@@ -1,10 +1,13 @@
-//! RocksDB storage for one control node: the Raft log, the vote and commit
-//! metadata, and the state machine live in column families of one DB.
+//! Storage for one control node: the Raft log, the vote and commit
+//! metadata, and the state machine live in column families of one disk
+//! ([`disk`]: RocksDB in production, an in-memory disk with crash
+//! semantics for simulation).
 //!
 //! Invariant kept here: every write openraft relies on for safety (log
 //! append, vote, truncate, purge, applied state) is synced to disk before it
 //! is acknowledged.
 
+pub mod disk;
 mod keys;
 mod log_store;
 mod snapshot;
@@ -18,11 +21,6 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 pub use log_store::LogStore;
 pub use snapshot::{SnapshotError, SnapshotFile};
 pub use state_machine::{SharedState, StateMachineStore, StateView};
-
-pub(crate) const CF_LOG: &str = "log";
-pub(crate) const CF_RAFT_META: &str = "raft_meta";
-pub(crate) const CF_SM: &str = "sm";
-pub(crate) const CF_SM_META: &str = "sm_meta";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -42,23 +40,21 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOG, CF_RAFT_META, CF_SM, CF_SM_META]
+    let cfs = disk::Cf::ALL
         .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| OpenError::Open {
         path: dir.display().to_string(),
         source,
     })?;
-    let db = Arc::new(db);
-    let sm = StateMachineStore::load(db.clone()).map_err(|e| OpenError::Load(e.to_string()))?;
-    Ok((LogStore::new(db), sm))
+    open_on(Arc::new(disk::RocksDisk::new(db)))
 }
 
-/// Write options for everything openraft relies on: synced to disk.
-pub(crate) fn synced() -> rocksdb::WriteOptions {
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    opts
+/// The log store and state machine over any disk (a [`disk::MemDisk`] in
+/// simulation), loading what it holds.
+pub fn open_on(disk: disk::SharedDisk) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let sm = StateMachineStore::load(disk.clone()).map_err(|e| OpenError::Load(e.to_string()))?;
+    Ok((LogStore::new(disk), sm))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The replicated state machine on RocksDB, with an in-memory view for reads.
+//! The replicated state machine on the node's disk (RocksDB in production),
+//! with an in-memory view for reads.
 //!
 //! Invariants kept here: each `apply` call writes the changed records, the
 //! last-applied log id and the membership in one synced batch, so a restart
@@ -14,11 +15,10 @@ use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use rocksdb::{IteratorMode, WriteBatch, DB};
 
+use super::disk::{Batch, Cf, Disk, SharedDisk};
 use super::keys;
 use super::snapshot::SnapshotFile;
-use super::{synced, CF_SM, CF_SM_META};
 use crate::codec;
 use crate::model::{Change, CommandResponse, State};
 use crate::{NodeId, TypeConfig};
@@ -52,7 +52,7 @@ impl SharedState {
 /// State machine handle; clones share the DB and the view.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    db: Arc<DB>,
+    disk: SharedDisk,
     state: SharedState,
     snapshot_seq: Arc<AtomicU64>,
 }
@@ -65,38 +65,27 @@ fn io_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
-fn missing_cf(name: &str) -> StorageError<NodeId> {
-    io_read(std::io::Error::other(format!(
-        "column family {name} missing"
-    )))
-}
-
 impl StateMachineStore {
     /// Loads the applied state from the DB.
-    pub(crate) fn load(db: Arc<DB>) -> StorageResult<Self> {
-        let view = Self::read_view(&db)?;
+    pub(crate) fn load(disk: SharedDisk) -> StorageResult<Self> {
+        let view = Self::read_view(disk.as_ref())?;
         Ok(Self {
-            db,
+            disk,
             state: SharedState(Arc::new(RwLock::new(view))),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Reads the applied state from the DB.
-    fn read_view(db: &DB) -> StorageResult<StateView> {
-        let meta = db
-            .cf_handle(CF_SM_META)
-            .ok_or_else(|| missing_cf(CF_SM_META))?;
-        let sm = db.cf_handle(CF_SM).ok_or_else(|| missing_cf(CF_SM))?;
+    fn read_view(disk: &dyn Disk) -> StorageResult<StateView> {
         let mut view = StateView::default();
-        if let Some(bytes) = db.get_cf(meta, keys::LAST_APPLIED).map_err(io_read)? {
+        if let Some(bytes) = disk.get(Cf::SmMeta, keys::LAST_APPLIED).map_err(io_read)? {
             view.last_applied = codec::decode(&bytes).map_err(io_read)?;
         }
-        if let Some(bytes) = db.get_cf(meta, keys::MEMBERSHIP).map_err(io_read)? {
+        if let Some(bytes) = disk.get(Cf::SmMeta, keys::MEMBERSHIP).map_err(io_read)? {
             view.membership = codec::decode(&bytes).map_err(io_read)?;
         }
-        for item in db.iterator_cf(sm, IteratorMode::Start) {
-            let (key, value) = item.map_err(io_read)?;
+        for (key, value) in disk.range(Cf::Sm, b"", None).map_err(io_read)? {
             if key.starts_with(keys::NODE_PREFIX) {
                 view.table
                     .insert_node(codec::decode(&value).map_err(io_read)?);
@@ -127,19 +116,14 @@ impl StateMachineStore {
         self.state.clone()
     }
 
-    fn cf(&self, name: &str) -> StorageResult<&rocksdb::ColumnFamily> {
-        self.db.cf_handle(name).ok_or_else(|| missing_cf(name))
-    }
-
-    fn put_applied_meta(&self, batch: &mut WriteBatch, view: &StateView) -> StorageResult<()> {
-        let meta = self.cf(CF_SM_META)?;
-        batch.put_cf(
-            meta,
+    fn put_applied_meta(&self, batch: &mut Batch, view: &StateView) -> StorageResult<()> {
+        batch.put(
+            Cf::SmMeta,
             keys::LAST_APPLIED,
             codec::encode(&view.last_applied).map_err(io_write)?,
         );
-        batch.put_cf(
-            meta,
+        batch.put(
+            Cf::SmMeta,
             keys::MEMBERSHIP,
             codec::encode(&view.membership).map_err(io_write)?,
         );
@@ -148,51 +132,47 @@ impl StateMachineStore {
 }
 
 /// Adds one applied change to the batch.
-fn persist(
-    batch: &mut WriteBatch,
-    sm_cf: &rocksdb::ColumnFamily,
-    change: Change,
-) -> StorageResult<()> {
+fn persist(batch: &mut Batch, change: Change) -> StorageResult<()> {
     match change {
-        Change::PutSandbox(record) => batch.put_cf(
-            sm_cf,
+        Change::PutSandbox(record) => batch.put(
+            Cf::Sm,
             keys::sandbox_key(&record.name),
             codec::encode(&record).map_err(io_write)?,
         ),
-        Change::DeleteSandbox(name) => batch.delete_cf(sm_cf, keys::sandbox_key(&name)),
-        Change::PutNode(node) => batch.put_cf(
-            sm_cf,
+        Change::DeleteSandbox(name) => batch.delete(Cf::Sm, keys::sandbox_key(&name)),
+        Change::PutNode(node) => batch.put(
+            Cf::Sm,
             keys::node_key(&node.name),
             codec::encode(&node).map_err(io_write)?,
         ),
-        Change::PutRequest(request) => batch.put_cf(
-            sm_cf,
+        Change::PutRequest(request) => batch.put(
+            Cf::Sm,
             keys::request_key(&request.id),
             codec::encode(&request).map_err(io_write)?,
         ),
-        Change::DeleteRequest(id) => batch.delete_cf(sm_cf, keys::request_key(&id)),
-        Change::PutVolume(volume) => batch.put_cf(
-            sm_cf,
+        Change::DeleteRequest(id) => batch.delete(Cf::Sm, keys::request_key(&id)),
+        Change::PutVolume(volume) => batch.put(
+            Cf::Sm,
             keys::volume_key(&volume.volume),
             codec::encode(&volume).map_err(io_write)?,
         ),
-        Change::DeleteVolume(volume) => batch.delete_cf(sm_cf, keys::volume_key(&volume)),
-        Change::PutToken(token) => batch.put_cf(
-            sm_cf,
+        Change::DeleteVolume(volume) => batch.delete(Cf::Sm, keys::volume_key(&volume)),
+        Change::PutToken(token) => batch.put(
+            Cf::Sm,
             keys::token_key(&token.id),
             codec::encode(&token).map_err(io_write)?,
         ),
-        Change::PutTenant(tenant) => batch.put_cf(
-            sm_cf,
+        Change::PutTenant(tenant) => batch.put(
+            Cf::Sm,
             keys::tenant_key(&tenant.name),
             codec::encode(&tenant).map_err(io_write)?,
         ),
-        Change::PutAudit(event) => batch.put_cf(
-            sm_cf,
+        Change::PutAudit(event) => batch.put(
+            Cf::Sm,
             keys::audit_key(event.index),
             codec::encode(&event).map_err(io_write)?,
         ),
-        Change::DeleteAudit(index) => batch.delete_cf(sm_cf, keys::audit_key(index)),
+        Change::DeleteAudit(index) => batch.delete(Cf::Sm, keys::audit_key(index)),
     }
     Ok(())
 }
@@ -236,11 +216,10 @@ impl StateMachineStore {
             }
         };
         let bytes = file.encode().map_err(io_write)?;
-        let meta_cf = self.cf(CF_SM_META)?;
         berth_proto::chaos::failpoint("snapshot-before-save");
-        self.db
-            .put_cf_opt(meta_cf, keys::SNAPSHOT, &bytes, &synced())
-            .map_err(io_write)?;
+        let mut batch = Batch::default();
+        batch.put(Cf::SmMeta, keys::SNAPSHOT, &bytes);
+        self.disk.write(batch, true).map_err(io_write)?;
         Ok(Snapshot {
             meta: file.meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -263,8 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let sm_cf = self.cf(CF_SM)?;
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         let mut responses = Vec::new();
         // The write lock is held until the batch is on disk: no reader ever
         // sees a change that is not durable. If the write fails, the view
@@ -282,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
                     let (response, changes) = view.table.apply_proposal(term, index, &proposal);
                     for change in changes {
-                        persist(&mut batch, sm_cf, change)?;
+                        persist(&mut batch, change)?;
                     }
                     response
                 }
@@ -292,8 +270,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.put_applied_meta(&mut batch, &view)?;
         // Data and last-applied id land together, synced (invariant 1).
         berth_proto::chaos::failpoint("apply-before-sync");
-        if let Err(e) = self.db.write_opt(batch, &synced()) {
-            *view = Self::read_view(&self.db)?;
+        if let Err(e) = self.disk.write(batch, true) {
+            *view = Self::read_view(self.disk.as_ref())?;
             return Err(io_write(e));
         }
         Ok(responses)
@@ -315,12 +293,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let bytes = snapshot.into_inner();
         let file = SnapshotFile::decode(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let sm_cf = self.cf(CF_SM)?;
-        let meta_cf = self.cf(CF_SM_META)?;
-        let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(sm_cf, IteratorMode::Start) {
-            let (key, _) = item.map_err(io_read)?;
-            batch.delete_cf(sm_cf, key);
+        let mut batch = Batch::default();
+        for (key, _) in self.disk.range(Cf::Sm, b"", None).map_err(io_read)? {
+            batch.delete(Cf::Sm, key);
         }
         let mut table = State::default();
         let items = (file.records.into_iter().map(Change::PutSandbox))
@@ -332,7 +307,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .chain(file.audit.into_iter().map(Change::PutAudit));
         for item in items {
             table.take(&item);
-            persist(&mut batch, sm_cf, item)?;
+            persist(&mut batch, item)?;
         }
         let view = StateView {
             last_applied: meta.last_log_id,
@@ -340,17 +315,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             table,
         };
         self.put_applied_meta(&mut batch, &view)?;
-        batch.put_cf(meta_cf, keys::SNAPSHOT, &bytes);
+        batch.put(Cf::SmMeta, keys::SNAPSHOT, &bytes);
         let mut current = self.state.write();
         berth_proto::chaos::failpoint("snapshot-before-install");
-        self.db.write_opt(batch, &synced()).map_err(io_write)?;
+        self.disk.write(batch, true).map_err(io_write)?;
         *current = view;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let meta_cf = self.cf(CF_SM_META)?;
-        let Some(bytes) = self.db.get_cf(meta_cf, keys::SNAPSHOT).map_err(io_read)? else {
+        let Some(bytes) = self.disk.get(Cf::SmMeta, keys::SNAPSHOT).map_err(io_read)? else {
             return Ok(None);
         };
         let meta = SnapshotFile::decode_meta(&bytes).map_err(io_read)?;
