@@ -38,8 +38,9 @@ fn exit_code(status: Option<&Status>) -> Result<i32, DriverError> {
 }
 
 impl KubeDriver {
-    /// The running Pod of sandbox `name` (with uid `uid`, any when empty).
-    async fn running_pod(&self, name: &str, uid: &str) -> Result<Pod, DriverError> {
+    /// The Pod that speaks for sandbox `name`, if its uid is `uid` (any
+    /// when empty).
+    async fn current_pod(&self, name: &str, uid: &str) -> Result<Pod, DriverError> {
         let pods = self.pods_of(name).await?;
         let Some(pod) = observe::current(&pods) else {
             return Err(DriverError::NotFound {
@@ -53,6 +54,13 @@ impl KubeDriver {
                 found: uid_of(pod).to_string(),
             });
         }
+        Ok(pod.clone())
+    }
+
+    /// The running Pod of sandbox `name` (with uid `uid`, any when empty).
+    async fn running_pod(&self, name: &str, uid: &str) -> Result<Pod, DriverError> {
+        let pod = self.current_pod(name, uid).await?;
+        let pod = &pod;
         let running =
             observe::observed_of(pod).state() == berth_proto::agent_v1::ContainerState::Running;
         if !running || terminating(pod) {
@@ -124,19 +132,8 @@ impl KubeDriver {
         uid: &str,
         follow: bool,
     ) -> Result<LogStream, DriverError> {
-        let pods = self.pods_of(name).await?;
-        let Some(pod) = observe::current(&pods) else {
-            return Err(DriverError::NotFound {
-                name: name.to_string(),
-            });
-        };
-        if !uid.is_empty() && uid_of(pod) != uid {
-            return Err(DriverError::UidMismatch {
-                name: name.to_string(),
-                expected: uid.to_string(),
-                found: uid_of(pod).to_string(),
-            });
-        }
+        let pod = self.current_pod(name, uid).await?;
+        let pod = &pod;
         let params = LogParams {
             container: Some(SANDBOX_CONTAINER.to_string()),
             follow,
