@@ -218,14 +218,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(%bound, "serving metrics on /metrics");
     }
     if let Some(addr) = args.health_listen {
-        let probe = TcpListener::bind(addr)
+        berth_proto::probe::spawn(addr)
             .await
             .with_context(|| format!("--health-listen {addr}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = berth_proto::probe::serve(probe, std::future::pending()).await {
-                tracing::error!(error = %e, "health probe server failed");
-            }
-        });
     }
     tracing::info!(node = %node_name, driver = driver.kind(), %data_addr, highest_term = fence.highest(), "berth-agent starting");
 

@@ -209,14 +209,9 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(%bound, "serving metrics on /metrics");
     }
     if let Some(addr) = &args.health_listen {
-        let probe = TcpListener::bind(addr)
+        berth_proto::probe::spawn(addr.as_str())
             .await
             .with_context(|| format!("--health-listen {addr}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = berth_proto::probe::serve(probe, std::future::pending()).await {
-                tracing::error!(error = %e, "health probe server failed");
-            }
-        });
     }
     let leadership = leader::Leadership::watch(node.clone());
     let admission = match berth_proto::dial::tls().map(|t| t.identity()) {

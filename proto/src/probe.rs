@@ -21,6 +21,18 @@ pub async fn serve(
         .await
 }
 
+/// Bind `addr` and serve the probe port in the background, for the life
+/// of the process.
+pub async fn spawn(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, std::future::pending()).await {
+            eprintln!("health probe server failed: {e}");
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
