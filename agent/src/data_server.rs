@@ -12,8 +12,8 @@ use berth_proto::agent_v1::agent_data_server::{AgentData, AgentDataServer};
 use berth_proto::agent_v1::{
     ExecOutput, ExecRequest, LogChunk, LogsRequest, VolumeSizeRequest, VolumeSizeResponse,
 };
+use berth_proto::net::Listener;
 use futures::{Stream, StreamExt};
-use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -65,9 +65,10 @@ impl AgentData for DataService {
 
 /// Serve AgentData (plus gRPC health) on `listener` until `shutdown`.
 /// With `tls` (the server settings and the control plane's identity), the
-/// data plane serves TLS only and admits only control nodes.
+/// data plane serves TLS only and admits only control nodes (a simulated
+/// network carries no TLS).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     driver: Arc<dyn Driver>,
     tls: Option<(Arc<berth_tls::Reloading>, berth_tls::Identity)>,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -85,15 +86,20 @@ pub async fn serve(
         .add_service(data);
     // With TLS, each handshake uses the certificates current when the
     // connection arrives (they reload from disk without a restart).
-    match tls {
-        Some((tls, _)) => {
+    match (listener, tls) {
+        (Listener::Tcp(listener), Some((tls, _))) => {
             router
                 .serve_with_incoming_shutdown(berth_tls::incoming(listener, tls), shutdown)
                 .await
         }
-        None => {
+        (Listener::Tcp(listener), None) => {
             router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+        (Listener::Simulated(incoming), _) => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
     }

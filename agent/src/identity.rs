@@ -35,7 +35,7 @@ pub fn instance_id(data_dir: &Path) -> Result<String, IdentityError> {
             return Ok(id);
         }
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = berth_proto::entropy::uuid().to_string();
     write_atomic(&path, format!("{id}\n").as_bytes()).map_err(io_err)?;
     Ok(id)
 }

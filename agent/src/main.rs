@@ -208,6 +208,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let data_addr = advertised(args.advertise_addr.as_deref(), listener.local_addr()?)?;
+    let listener = berth_proto::net::Listener::Tcp(listener);
     if let Some(addr) = args.metrics_listen {
         let bound = berth_telemetry::metrics::spawn(
             &addr.to_string(),

@@ -174,8 +174,7 @@ impl Session {
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
+        let channel = berth_proto::dial::connect(endpoint)
             .await
             .map_err(|source| SessionError::Connect {
                 addr: addr.to_string(),

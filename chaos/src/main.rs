@@ -2,7 +2,8 @@
 //! loopback, sandboxes as Podman containers) under a recorded workload of
 //! concurrent clients while a nemesis kills, pauses and restarts its
 //! processes, then heals everything and checks every invariant. Seeded and
-//! time-bounded; exits non-zero on any violation. See `docs/chaos.md`.
+//! time-bounded; exits non-zero on any violation. `berth-chaos sim` runs
+//! the deterministic simulation instead ([`sim`]). See `docs/chaos.md`.
 
 mod checker;
 mod clock;
@@ -12,6 +13,7 @@ mod net;
 mod pki;
 mod profile;
 mod sampler;
+mod sim;
 mod summary;
 mod workload;
 
@@ -32,8 +34,10 @@ use crate::workload::Workload;
 
 /// Chaos suite for berth: faults against real processes, then every invariant checked.
 #[derive(Debug, Parser)]
-#[command(name = "berth-chaos", version)]
+#[command(name = "berth-chaos", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// How big and how long a run is.
     #[arg(long, value_enum, default_value = "ci")]
     profile: ProfileName,
@@ -64,10 +68,30 @@ struct Args {
     insecure: bool,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Deterministic simulation: many seeds of a whole cluster in one
+    /// process each, on a simulated network and clock.
+    Sim(sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if let Some(Command::Sim(sim_args)) = args.command.take() {
+        return sim::main(sim_args);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-chaos: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -18,8 +18,7 @@ pub async fn connect(node: &str, addr: &str) -> Result<AgentDataClient<Channel>,
     let endpoint = berth_proto::dial::endpoint_for(addr, &peer)
         .map_err(|e| format!("bad agent address {addr}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT);
-    let channel = endpoint
-        .connect()
+    let channel = berth_proto::dial::connect(endpoint)
         .await
         .map_err(|e| format!("node agent at {addr} unreachable: {e}"))?;
     Ok(AgentDataClient::new(channel))

@@ -116,7 +116,7 @@ async fn try_join(target: &str, id: NodeId, addr: &str) -> Result<(), tonic::Sta
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30));
-    let channel = tokio::time::timeout(Duration::from_secs(5), channel.connect())
+    let channel = tokio::time::timeout(Duration::from_secs(5), berth_proto::dial::connect(channel))
         .await
         .map_err(|_| tonic::Status::unavailable("no answer"))?
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;

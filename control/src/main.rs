@@ -4,30 +4,18 @@
 //! gRPC, then bootstrap a new cluster (`--initial-cluster`, first start
 //! only) or join a running one (`--join`). SIGTERM shuts down cleanly.
 
-mod agent_client;
-mod api;
-mod auth;
-mod bootstrap;
-mod chaos;
-mod clock;
-mod error;
-mod leader;
-mod secrets;
-mod server;
-mod validate;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use auth::chain::Chain;
-use auth::layer::Admission;
+use berth_control::auth::chain::Chain;
+use berth_control::auth::layer::Admission;
+use berth_control::{auth, bootstrap, leader, secrets, server};
 
 /// How often the TLS files are checked for a change.
 const CERT_RELOAD_EVERY: Duration = Duration::from_secs(2);
 use berth_raft::{NodeConfig, RaftNode};
 use clap::{Parser, ValueEnum};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -197,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     config.logs_to_keep = args.logs_to_keep;
     config.request_timeout = Duration::from_millis(args.request_timeout_ms.max(100));
     let node = RaftNode::start(config).await.context("start raft node")?;
-    let listener = TcpListener::bind(&args.listen)
+    let listener = berth_proto::net::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "berthd serving");

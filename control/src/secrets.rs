@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 
 /// What answers show in place of a secret value.
@@ -110,7 +109,7 @@ fn aad(uid: &str, name: &str) -> String {
 fn seal_with(keys: &DataKeys, uid: &str, name: &str, value: &str) -> Result<String, SecretError> {
     let key = keys.keys.get(&keys.current).ok_or(SecretError::NoKey)?;
     let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    berth_proto::entropy::fill(&mut nonce);
     let mut sealed = value.as_bytes().to_vec();
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce),

@@ -14,13 +14,13 @@ use crate::auth::layer::{Admission, AuthLayer};
 use crate::leader::Leadership;
 use anyhow::Context;
 use berth_proto::agent_v1::agent_control_server::AgentControlServer;
+use berth_proto::net::Listener;
 use berth_proto::raft_v1::raft_service_server::RaftServiceServer;
 use berth_proto::v1::access_service_server::AccessServiceServer;
 use berth_proto::v1::cluster_service_server::ClusterServiceServer;
 use berth_proto::v1::sandbox_service_server::SandboxServiceServer;
 use berth_raft::network::server::RaftServer;
 use berth_raft::RaftNode;
-use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -29,7 +29,7 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub async fn serve(
     node: Arc<RaftNode>,
     leadership: Leadership,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     keep_revisions: u32,
     admission: Admission,
@@ -77,15 +77,21 @@ pub async fn serve(
         .add_service(raft);
     // With TLS, each handshake uses the certificates current when the
     // connection arrives (they reload from disk without a restart).
-    match tls {
-        Some(tls) => {
+    // A simulated network (the deterministic simulator's) carries no TLS.
+    match (listener, tls) {
+        (Listener::Tcp(listener), Some(tls)) => {
             router
                 .serve_with_incoming_shutdown(berth_tls::incoming(listener, tls.clone()), shutdown)
                 .await
         }
-        None => {
+        (Listener::Tcp(listener), None) => {
             router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+        (Listener::Simulated(incoming), _) => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
     }

@@ -6,7 +6,7 @@
 //! it outside the chaos suite. The faults are listed where they act:
 //! `control/src/chaos.rs` and `agent/src/chaos.rs`.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 const ENV: &str = "BERTH_CHAOS_BREAK";
 
@@ -50,8 +50,24 @@ pub fn failpoints() -> fail::FailScenario<'static> {
 /// - `snapshot-before-save`, `snapshot-before-install`: a snapshot was
 ///   built or received and is about to be stored.
 pub fn failpoint(name: &str) {
+    if let Some(observer) = OBSERVER.get() {
+        observer(name);
+    }
     if fail::eval(name, |_| ()).is_some() {
         eprintln!("chaos: aborting at failpoint {name}");
         std::process::abort();
     }
+}
+
+/// Sees every failpoint reached (the deterministic simulator's hook: it
+/// crashes the simulated host there).
+pub type Observer = Arc<dyn Fn(&str) + Send + Sync>;
+
+static OBSERVER: OnceLock<Observer> = OnceLock::new();
+
+/// Installs the process's failpoint observer (once).
+pub fn observe_failpoints(observer: Observer) -> Result<(), String> {
+    OBSERVER
+        .set(observer)
+        .map_err(|_| "a failpoint observer is already installed".to_string())
 }

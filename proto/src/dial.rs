@@ -7,12 +7,16 @@
 //! component a connection comes from. With TLS material set ([`set_tls`]),
 //! connections to other control nodes ([`peer_endpoint`]) are mutual TLS
 //! and accept only a certificate naming this cluster's server identity.
+//! [`connect`] and [`connect_lazy`] open the channel over TCP, or over the
+//! network installed in `crate::net` (the deterministic simulator's).
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use berth_tls::{Identity, Reloading};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::net;
 
 static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
 static TLS: OnceLock<Arc<Reloading>> = OnceLock::new();
@@ -83,6 +87,50 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(uri)?
         .tcp_nodelay(true)
         .local_address(source_ip()))
+}
+
+/// Connects `endpoint` now (bounded by its connect timeout, if any).
+pub async fn connect(endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
+    match net::installed() {
+        Some(installed) => {
+            endpoint
+                .connect_with_connector(connector(installed.clone()))
+                .await
+        }
+        None => endpoint.connect().await,
+    }
+}
+
+/// A channel to `endpoint` that connects on first use, and reconnects.
+pub fn connect_lazy(endpoint: Endpoint) -> Channel {
+    match net::installed() {
+        Some(installed) => endpoint.connect_with_connector_lazy(connector(installed.clone())),
+        None => endpoint.connect_lazy(),
+    }
+}
+
+type Dialed = hyper_util::rt::TokioIo<net::Conn>;
+
+/// Dials through an installed network (the URI's host and port).
+fn connector(
+    installed: std::sync::Arc<dyn net::Net>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = Dialed,
+    Error = std::io::Error,
+    Future = net::BoxFuture<std::io::Result<Dialed>>,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |uri: http::Uri| -> net::BoxFuture<_> {
+        let installed = installed.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            let io = installed.dial(host, port).await?;
+            Ok(hyper_util::rt::TokioIo::new(net::Conn(io)))
+        })
+    })
 }
 
 #[cfg(test)]

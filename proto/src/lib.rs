@@ -4,7 +4,10 @@
 //! document that the control plane validates and agents apply.
 
 pub mod chaos;
+pub mod clock;
 pub mod dial;
+pub mod entropy;
+pub mod net;
 pub mod policy;
 pub mod probe;
 

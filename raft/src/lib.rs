@@ -18,6 +18,7 @@ pub mod error;
 pub mod model;
 pub mod network;
 pub mod node;
+pub mod runtime;
 pub mod store;
 
 use std::io::Cursor;
@@ -42,7 +43,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::BerthRuntime,
 );
 
 /// The Raft instance berth runs.

@@ -3,7 +3,9 @@
 //! container driver (a volume outlives its container and is only dropped by
 //! `remove` without `keep_volume`). Images are imaginary: every image is
 //! present except those whose name contains [`MISSING_IMAGE_MARKER`], so
-//! control-plane tests can simulate a failed pull (in `pull` and `ensure`).
+//! control-plane tests can simulate a failed pull (in `pull` and `ensure`),
+//! and those whose name contains [`CRASHING_IMAGE_MARKER`] start and exit
+//! at once with code 1 (a sandbox that crashes on start).
 //! Policies are validated (a bad one is `Invalid`) but have no effect.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +19,9 @@ use super::{Driver, DriverError, ExecStream, LogStream};
 
 /// An image whose name contains this cannot be pulled by the memory driver.
 pub const MISSING_IMAGE_MARKER: &str = "does-not-exist";
+
+/// A container of an image whose name contains this exits at once (code 1).
+pub const CRASHING_IMAGE_MARKER: &str = "crashes-on-start";
 
 /// `ImageNotFound` for simulated missing images.
 fn check_image(image: &str) -> Result<(), DriverError> {
@@ -50,6 +55,25 @@ impl MemoryDriver {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The running sandboxes: (name, uid, revision) each.
+    pub fn running(&self) -> Vec<(String, String, u64)> {
+        self.lock()
+            .sandboxes
+            .values()
+            .filter(|o| o.state == ContainerState::Running as i32)
+            .map(|o| (o.name.clone(), o.uid.clone(), o.revision))
+            .collect()
+    }
+
+    /// The volumes this "engine" holds: (volume, sandbox name, owner uid).
+    pub fn volumes(&self) -> Vec<(String, String, String)> {
+        self.lock()
+            .volumes
+            .iter()
+            .map(|(v, (name, uid))| (v.clone(), name.clone(), uid.clone()))
+            .collect()
     }
 }
 
@@ -166,7 +190,12 @@ impl Driver for MemoryDriver {
                 ..Default::default()
             };
         }
-        if entry.state != ContainerState::Running as i32 {
+        if e.image.contains(CRASHING_IMAGE_MARKER) {
+            entry.state = ContainerState::Exited as i32;
+            entry.exit_code = 1;
+            entry.started_at = format!("start-{n}");
+            entry.message = "exited (1) right after start".to_string();
+        } else if entry.state != ContainerState::Running as i32 {
             entry.state = ContainerState::Running as i32;
             entry.started_at = format!("start-{n}");
             entry.message = "running".to_string();

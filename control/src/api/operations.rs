@@ -135,7 +135,7 @@ pub async fn update(
     validate_env(&spec.env)?;
     let command = Command::UpdateSandbox {
         name: request.name,
-        operation_id: uuid::Uuid::new_v4().to_string(),
+        operation_id: berth_proto::entropy::uuid().to_string(),
         spec,
         expected_revision: request.expected_revision,
         policy: gate,
@@ -152,7 +152,7 @@ pub async fn rollback(
 ) -> Result<Operation, ApiError> {
     let command = Command::RollbackSandbox {
         name: request.name,
-        operation_id: uuid::Uuid::new_v4().to_string(),
+        operation_id: berth_proto::entropy::uuid().to_string(),
         to_revision: request.to_revision,
         policy: UpdatePolicy::default(),
         at_ms: now_ms(),

@@ -75,7 +75,7 @@ impl SandboxApi {
         }
         validate_env(&spec.env)?;
         validate_secret_env(&spec.env, &secrets)?;
-        let uid = uuid::Uuid::new_v4().to_string();
+        let uid = berth_proto::entropy::uuid().to_string();
         for (name, value) in &secrets {
             let sealed = crate::secrets::seal(&uid, name, value)?;
             spec.secret_env.insert(name.clone(), sealed);

@@ -3,7 +3,6 @@
 //! random bits, shown once and kept only as its SHA-256.
 
 use berth_raft::model::{Role, TokenRecord};
-use rand::RngCore;
 
 const PREFIX: &str = "berth_";
 
@@ -17,8 +16,8 @@ pub fn mint(
 ) -> (String, TokenRecord) {
     let mut id = [0u8; 8];
     let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    rand::rngs::OsRng.fill_bytes(&mut secret);
+    berth_proto::entropy::fill(&mut id);
+    berth_proto::entropy::fill(&mut secret);
     let (id, secret) = (hex(&id), hex(&secret));
     let record = TokenRecord {
         id: id.clone(),

@@ -8,9 +8,9 @@
 //! a deleted sandbox and the container of a new sandbox of the same name
 //! are two different things, and one never hides the other.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use berth_proto::agent_v1::{ContainerState, Observed};
 use ractor::ActorRef;
@@ -21,7 +21,7 @@ struct LiveNode {
     session: u64,
     actor: ActorRef<NodeMsg>,
     /// By sandbox uid; None until the first inventory arrives.
-    inventory: Option<HashMap<String, Observed>>,
+    inventory: Option<BTreeMap<String, Observed>>,
     last_seen: Instant,
 }
 
@@ -44,14 +44,14 @@ fn same(a: &Observed, b: &Observed) -> bool {
 }
 
 #[derive(Clone, Default)]
-pub struct Directory(Arc<RwLock<HashMap<String, LiveNode>>>);
+pub struct Directory(Arc<RwLock<BTreeMap<String, LiveNode>>>);
 
 impl Directory {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, LiveNode>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, LiveNode>> {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, LiveNode>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, LiveNode>> {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -98,7 +98,7 @@ impl Directory {
         let Some(live) = nodes.get_mut(node).filter(|n| n.session == session) else {
             return vec![];
         };
-        let mut new: HashMap<String, Observed> = HashMap::new();
+        let mut new: BTreeMap<String, Observed> = BTreeMap::new();
         for o in inventory.into_iter().filter(|o| !o.uid.is_empty()) {
             // A container and a left-over volume of one uid: the container
             // is the sandbox (it names the volume itself).

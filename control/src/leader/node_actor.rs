@@ -7,7 +7,7 @@
 //! through Raft; liveness loss is decided by the supervisor, never by
 //! deleting anything.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_proto::agent_v1::{
@@ -89,7 +89,7 @@ pub struct NodeState {
     session: u64,
     outbound: Outbound,
     /// Commands in flight: who asked, and the uid of the sandbox it is for.
-    pending: HashMap<u64, (ReplyTo, String)>,
+    pending: BTreeMap<u64, (ReplyTo, String)>,
     next_id: u64,
 }
 
@@ -106,7 +106,8 @@ fn failed(command_id: u64, error: String) -> CommandResult {
 impl NodeState {
     fn nudge(&self, sandboxes: &[String]) {
         for name in sandboxes {
-            if let Some(actor) = ractor::registry::where_is(sandbox_actor_name(name)) {
+            let actor_name = sandbox_actor_name(self.ctx.node.id(), self.ctx.term, name);
+            if let Some(actor) = ractor::registry::where_is(actor_name) {
                 let _ = actor.send_message(SandboxMsg::Nudge);
             }
         }
@@ -160,9 +161,12 @@ async fn refuse(
     ActorProcessingErr::from(reason)
 }
 
-/// Registry name of a sandbox's actor (unique per sandbox name).
-pub fn sandbox_actor_name(sandbox: &str) -> String {
-    format!("sandbox/{sandbox}")
+/// Registry name of a sandbox's actor: unique per sandbox name within one
+/// leadership term of one node, so a tree that is still winding down (or
+/// whose runtime died with it, as a crashed node in the simulator) never
+/// holds the name the next tree needs.
+pub fn sandbox_actor_name(node: u64, term: u64, sandbox: &str) -> String {
+    format!("sandbox/{sandbox}@{node}/{term}")
 }
 
 impl Actor for NodeActor {
@@ -246,7 +250,7 @@ impl Actor for NodeActor {
             name,
             session,
             outbound,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_id: 1,
         };
         state
@@ -335,7 +339,7 @@ impl Actor for NodeActor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.directory.disconnect(&state.name, state.session);
-        for (id, (reply_to, _)) in state.pending.drain() {
+        for (id, (reply_to, _)) in std::mem::take(&mut state.pending) {
             reply_to.deliver(failed(id, format!("node {} disconnected", state.name)));
         }
         Ok(())

@@ -11,8 +11,8 @@
 //! count reset. A node that stops reporting is marked NotReady through Raft
 //! and nothing of it is deleted or moved.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +35,6 @@ const NODE_GRACE: Duration = Duration::from_secs(5);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// A child running this long since its last restart has its count reset.
 const RESTART_RESET: Duration = Duration::from_secs(60);
-
-static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
 pub enum SupervisorMsg {
     Tick,
@@ -73,11 +71,13 @@ fn restart_delay(count: u32) -> Duration {
 pub struct SupervisorState {
     ctx: Arc<LeaderCtx>,
     /// Sandbox name -> (uid, actor).
-    sandboxes: HashMap<String, (String, ActorRef<super::sandbox_actor::SandboxMsg>)>,
-    restarts: HashMap<String, Restarts>,
+    sandboxes: BTreeMap<String, (String, ActorRef<super::sandbox_actor::SandboxMsg>)>,
+    restarts: BTreeMap<String, Restarts>,
     started: Instant,
     /// Kept volumes whose removal was sent, and when.
-    volumes_inflight: HashMap<String, Instant>,
+    volumes_inflight: BTreeMap<String, Instant>,
+    /// Numbers this tree's agent sessions (the directory is this tree's).
+    sessions: u64,
     /// Whether this leadership's failover time was recorded (the first
     /// tick at which every sandbox had its actor).
     failover_recorded: bool,
@@ -85,7 +85,7 @@ pub struct SupervisorState {
 
 impl SupervisorState {
     async fn sync_sandboxes(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let wanted: HashMap<String, String> = {
+        let wanted: BTreeMap<String, String> = {
             let state = self.ctx.node.state().read();
             super::telemetry::count_phases(state.table.iter());
             state
@@ -116,7 +116,7 @@ impl SupervisorState {
                 uid: uid.clone(),
             };
             match Actor::spawn_linked(
-                Some(sandbox_actor_name(&name)),
+                Some(sandbox_actor_name(self.ctx.node.id(), self.ctx.term, &name)),
                 SandboxActor,
                 args,
                 myself.get_cell(),
@@ -275,10 +275,11 @@ impl Actor for Supervisor {
         myself.send_message(SupervisorMsg::Tick)?;
         Ok(SupervisorState {
             ctx,
-            sandboxes: HashMap::new(),
-            restarts: HashMap::new(),
+            sandboxes: BTreeMap::new(),
+            restarts: BTreeMap::new(),
             started: Instant::now(),
-            volumes_inflight: HashMap::new(),
+            volumes_inflight: BTreeMap::new(),
+            sessions: 0,
             failover_recorded: false,
         })
     }
@@ -315,9 +316,10 @@ impl Actor for Supervisor {
                     outbound,
                     inbound,
                 } = *session;
+                state.sessions += 1;
                 let args = NodeArgs {
                     ctx: state.ctx.clone(),
-                    session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+                    session: state.sessions,
                     register,
                     outbound,
                     inbound,

@@ -26,7 +26,7 @@ pub fn client_proposal(
     caller: &crate::auth::scope::Scope,
 ) -> Result<berth_raft::Proposal, ApiError> {
     let id = if request_id.is_empty() {
-        format!("auto-{}", uuid::Uuid::new_v4())
+        format!("auto-{}", berth_proto::entropy::uuid())
     } else {
         validate_request_id(&request_id)?;
         request_id

@@ -19,7 +19,9 @@ pub(crate) fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, Node
     let endpoint = berth_proto::dial::peer_endpoint(addr)
         .map_err(|e| NodeError::InvalidArgument(format!("bad peer address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_millis(500));
-    Ok(RaftServiceClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024))
+    Ok(
+        RaftServiceClient::new(berth_proto::dial::connect_lazy(endpoint))
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024),
+    )
 }

@@ -26,7 +26,7 @@ use crate::store::{self, SharedState};
 use crate::{Command, CommandResponse, NodeError, NodeId, Proposal, Raft};
 
 /// How a node is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
     /// `host:port` other nodes and clients reach this node at.
@@ -39,6 +39,23 @@ pub struct NodeConfig {
     pub logs_to_keep: u64,
     /// Bound on every client-facing operation.
     pub request_timeout: Duration,
+    /// The disk to keep Raft state on instead of RocksDB in `data_dir`
+    /// (the simulator's in-memory disk with crash semantics).
+    pub disk: Option<store::disk::SharedDisk>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .field("data_dir", &self.data_dir)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("logs_to_keep", &self.logs_to_keep)
+            .field("request_timeout", &self.request_timeout)
+            .field("disk", &self.disk.as_ref().map_or("rocksdb", |_| "given"))
+            .finish()
+    }
 }
 
 impl NodeConfig {
@@ -50,6 +67,7 @@ impl NodeConfig {
             snapshot_every: 1000,
             logs_to_keep: 1000,
             request_timeout: Duration::from_secs(5),
+            disk: None,
         }
     }
 
@@ -86,11 +104,16 @@ impl RaftNode {
     /// resumes from its data dir; a fresh one waits to be initialized or
     /// added to a cluster.
     pub async fn start(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            NodeError::Internal(format!("create {}: {e}", config.data_dir.display()))
-        })?;
-        let (log_store, state_machine) = store::open(&config.data_dir.join("raft"))
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let opened = match &config.disk {
+            Some(disk) => store::open_on(disk.clone()),
+            None => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                    NodeError::Internal(format!("create {}: {e}", config.data_dir.display()))
+                })?;
+                store::open(&config.data_dir.join("raft"))
+            }
+        };
+        let (log_store, state_machine) = opened.map_err(|e| NodeError::Internal(e.to_string()))?;
         let state = state_machine.shared();
         let raft_config = Arc::new(config.raft_config()?);
         let raft = Raft::new(

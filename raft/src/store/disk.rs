@@ -231,7 +231,9 @@ impl Disk for MemDisk {
             apply(&mut mem.visible, op);
         }
         mem.pending.extend(batch.ops);
-        if sync {
+        // `skip-sync` (test-only, `BERTH_CHAOS_BREAK`): a sync that lies,
+        // so a crash loses acknowledged writes (the simulator must see it).
+        if sync && !berth_proto::chaos::broken("skip-sync") {
             // Like a WAL: syncing makes everything written before durable.
             let pending = std::mem::take(&mut mem.pending);
             for op in &pending {
