@@ -53,6 +53,10 @@ pub struct SimArgs {
     /// Simulated seconds of workload (and faults) per seed.
     #[arg(long, default_value_t = 12)]
     pub work_secs: u64,
+    /// Simulated milliseconds per step (coarser is faster; timers fire at
+    /// step boundaries).
+    #[arg(long, default_value_t = 5, hide = true)]
+    pub tick_ms: u64,
     /// (internal) Run as a worker: one JSON line per seed on stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -75,18 +79,17 @@ pub struct SeedResult {
 const NAMES: usize = 4;
 const CONTROLS: [&str; 3] = ["n1", "n2", "n3"];
 const AGENTS: [&str; 2] = ["a1", "a2"];
-const TICK: Duration = Duration::from_millis(5);
 const MAX_LATENCY: Duration = Duration::from_millis(15);
 const SETTLE: Duration = Duration::from_secs(60);
 
 /// Runs one seed to the end and checks it. The trace is returned too.
-pub fn run_seed(seed: u64, work: Duration) -> (SeedResult, Vec<String>) {
+pub fn run_seed(seed: u64, work: Duration, tick: Duration) -> (SeedResult, Vec<String>) {
     world::reset(seed);
     let data = tempfile::tempdir().ok();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
-        .tick_duration(TICK)
+        .tick_duration(tick)
         .simulation_duration(work + SETTLE + Duration::from_secs(30))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(MAX_LATENCY)
@@ -261,11 +264,12 @@ pub fn main(args: SimArgs) -> ExitCode {
         None => (args.first_seed, args.seeds),
     };
     let work = Duration::from_secs(args.work_secs.max(3));
+    let tick = Duration::from_millis(args.tick_ms.clamp(1, 50));
     if args.worker {
-        return worker(first, count, work, args.twice);
+        return worker(first, count, work, tick, args.twice);
     }
     if let Some(seed) = args.seed {
-        let (result, trace) = run_seed(seed, work);
+        let (result, trace) = run_seed(seed, work, tick);
         if args.trace {
             for line in &trace {
                 println!("{line}");
@@ -273,7 +277,7 @@ pub fn main(args: SimArgs) -> ExitCode {
         }
         let mut ok = result.violations.is_empty();
         if args.twice {
-            let (again, trace) = run_seed(seed, work);
+            let (again, trace) = run_seed(seed, work, tick);
             if args.trace {
                 println!("===== the same seed again");
                 for line in &trace {
@@ -307,7 +311,7 @@ pub fn main(args: SimArgs) -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, 64);
     let started = Instant::now();
-    let mut summary = match run_workers(first, count, work, jobs, args.twice) {
+    let mut summary = match run_workers(first, count, work, tick, jobs, args.twice) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("berth-chaos sim: {e:#}");
@@ -391,12 +395,12 @@ fn write_json(path: Option<&PathBuf>, summary: &Summary) {
 }
 
 /// A worker: runs its seeds in order, one JSON line each on stdout.
-fn worker(first: u64, count: u64, work: Duration, twice: bool) -> ExitCode {
+fn worker(first: u64, count: u64, work: Duration, tick: Duration, twice: bool) -> ExitCode {
     let stdout = std::io::stdout();
     for seed in first..first + count {
-        let (mut result, _) = run_seed(seed, work);
+        let (mut result, _) = run_seed(seed, work, tick);
         if twice {
-            let (again, _) = run_seed(seed, work);
+            let (again, _) = run_seed(seed, work, tick);
             if again.hash != result.hash {
                 result.hash = format!("{}!={}", result.hash, again.hash);
             }
@@ -416,6 +420,7 @@ fn run_workers(
     first: u64,
     count: u64,
     work: Duration,
+    tick: Duration,
     jobs: usize,
     twice: bool,
 ) -> anyhow::Result<Summary> {
@@ -432,6 +437,8 @@ fn run_workers(
             .arg(n.to_string())
             .arg("--work-secs")
             .arg(work.as_secs().to_string())
+            .arg("--tick-ms")
+            .arg(tick.as_millis().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if twice {

@@ -70,12 +70,18 @@ fn install() {
     if !ok {
         eprintln!("berth-chaos sim: a seam was already installed in this process");
     }
+    // BERTH_SIM_LOG=debug shows more of berth in a replayed seed's trace;
+    // it changes the trace, never what happens.
+    let level = match std::env::var("BERTH_SIM_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
     let subscriber = tracing_subscriber::registry().with(Capture.with_filter(
         tracing_subscriber::filter::Targets::new().with_targets([
-            ("berth_control", tracing::Level::INFO),
-            ("berth_agent", tracing::Level::INFO),
-            ("berth_raft", tracing::Level::INFO),
-            ("berthd", tracing::Level::INFO),
+            ("berth_control", level),
+            ("berth_agent", level),
+            ("berth_raft", level),
             ("openraft", tracing::Level::WARN),
         ]),
     ));

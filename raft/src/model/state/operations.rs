@@ -146,6 +146,16 @@ impl State {
                     }
                     return put(record);
                 }
+                // As for an update: a new rollback needs a running, placed
+                // sandbox to verify. A stopped one would wait out the whole
+                // health timeout for a container nobody starts, then roll
+                // back again (found by the simulator, seed 28).
+                if record.desired != Desired::Running || record.node.is_none() {
+                    return refuse(format!(
+                        "only a placed, running sandbox can be rolled back ({name:?} is {}); start it first",
+                        record.phase.as_str()
+                    ));
+                }
                 let target = match to_revision {
                     Some(n) => *n,
                     None => match record

@@ -576,6 +576,53 @@ mod operations {
             (OperationKind::Rollback, 1, 3)
         );
     }
+
+    /// A stopped sandbox cannot start a rollback (it would wait out the
+    /// health timeout for a container nobody starts): the simulator's seed
+    /// 28 found the rollback hanging for a minute after a stop.
+    #[test]
+    fn a_stopped_sandbox_is_not_rolled_back() {
+        let mut state = State::default();
+        placed_running(&mut state, "a");
+        state.apply(&update("a", "busybox:2", None));
+        let op = "op-busybox:2";
+        for (from, to, switch, stable) in [
+            (UpdatePhase::Pending, UpdatePhase::Pulling, None, None),
+            (UpdatePhase::Pulling, UpdatePhase::StoppingOld, None, None),
+            (
+                UpdatePhase::StoppingOld,
+                UpdatePhase::StartingNew,
+                Some(2),
+                None,
+            ),
+            (UpdatePhase::StartingNew, UpdatePhase::Verifying, None, None),
+            (
+                UpdatePhase::Verifying,
+                UpdatePhase::Succeeded,
+                None,
+                Some(2),
+            ),
+        ] {
+            state.apply(&advance("a", op, from, to, switch, stable));
+        }
+        let uid = state.get("a").unwrap().uid.clone();
+        state.apply(&Command::SetDesired {
+            name: "a".into(),
+            desired: Desired::Stopped,
+        });
+        let before = state.get("a").unwrap().clone();
+        let (resp, changes) = state.apply(&rollback("a", Some(1)));
+        assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition));
+        assert!(changes.is_empty());
+        assert_eq!(state.get("a").unwrap(), &before, "nothing changed");
+        state.apply(&Command::SetDesired {
+            name: "a".into(),
+            desired: Desired::Running,
+        });
+        let (resp, _) = state.apply(&rollback("a", Some(1)));
+        assert!(rejected(&resp).is_none(), "{resp:?}");
+        assert_eq!(state.get("a").unwrap().uid, uid);
+    }
 }
 
 mod proposals {
