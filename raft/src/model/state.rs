@@ -485,9 +485,16 @@ impl State {
                     return not_found(name);
                 };
                 let mut record = record.clone();
-                record.phase = *phase;
-                record.message = message.clone();
                 record.container_id = container_id.clone();
+                // A sandbox being deleted stays Deleting: a status observed
+                // before the delete was applied must not make an
+                // acknowledged delete look undone (found by the simulator,
+                // seed 105).
+                let deleting = matches!(record.desired, Desired::Deleted { .. });
+                if !deleting || *phase == Phase::Deleting {
+                    record.phase = *phase;
+                    record.message = message.clone();
+                }
                 if *phase == Phase::Running {
                     record.volume_seeded = true;
                 }

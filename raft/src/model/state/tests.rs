@@ -117,6 +117,20 @@ fn delete_of_an_unplaced_sandbox_removes_it_and_of_a_placed_one_marks_deleting()
         desired: Desired::Running,
     });
     assert_eq!(rejected(&resp), Some(RejectionKind::FailedPrecondition));
+    // A status the leader observed before the delete applied (the simulator,
+    // seed 105): the sandbox stays Deleting.
+    state.apply(&Command::SetSandboxStatus {
+        name: "y".into(),
+        uid: "uid-y".into(),
+        phase: Phase::Running,
+        message: "running".into(),
+        container_id: "c1".into(),
+        at_ms: 0,
+    });
+    let record = state.get("y").unwrap();
+    assert_eq!(record.phase, Phase::Deleting);
+    assert_eq!(record.message, "deleting on node n1");
+    assert_eq!(record.container_id, "c1");
     state.apply(&Command::RemoveSandbox {
         name: "y".into(),
         uid: "uid-y".into(),
