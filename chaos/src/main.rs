@@ -80,6 +80,14 @@ fn main() -> ExitCode {
     if let Some(Command::Sim(sim_args)) = args.command.take() {
         return sim::main(sim_args);
     }
+    // The profile's simulation seeds first: seconds, and a failure there
+    // replays exactly.
+    if !args.dry_run && args.break_.is_none() {
+        let profile = Profile::new(args.profile, args.minutes);
+        if profile.sim_seeds > 0 && !sim::run_profile_seeds(profile.sim_seeds) {
+            return ExitCode::from(1);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

@@ -37,6 +37,9 @@ pub struct Profile {
     pub mix: &'static [(FaultKind, u32)],
     /// Leader kills wait (up to 8 s) for an operation in flight.
     pub kill_mid_operation: bool,
+    /// Seeds of the deterministic simulation run first (`berth-chaos sim`,
+    /// seeds 1..=N), before the real cluster.
+    pub sim_seeds: u64,
 }
 
 impl Profile {
@@ -55,6 +58,7 @@ impl Profile {
                 settle: secs(120),
                 mix: MIXED,
                 kill_mid_operation: false,
+                sim_seeds: 200,
             },
             ProfileName::Long => Self {
                 name,
@@ -68,6 +72,7 @@ impl Profile {
                 settle: secs(180),
                 mix: MIXED,
                 kill_mid_operation: false,
+                sim_seeds: 2000,
             },
             ProfileName::Kills => Self {
                 name,
@@ -81,6 +86,7 @@ impl Profile {
                 settle: secs(180),
                 mix: LEADER_KILLS,
                 kill_mid_operation: true,
+                sim_seeds: 0,
             },
         }
     }

@@ -3,6 +3,8 @@
 //! event trace (in one process and across processes), and deliberately
 //! broken builds (`BERTH_CHAOS_BREAK`) are caught.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -84,4 +86,44 @@ fn a_seed_replays_to_the_same_trace() {
     // A different seed is a different run.
     let other = sim(&["--seed", "8"], None);
     assert!(!stderr(&other).contains(&hashes[0]));
+}
+
+/// Each deliberately broken build is caught within a bounded number of
+/// seeds (the figures are in docs/chaos.md).
+#[test]
+fn broken_fencing_sync_and_compare_and_set_are_caught() {
+    let cases: [(&str, &str, &[&str]); 3] = [
+        // The leader stamps its previous term and agents execute anyway.
+        ("skip-fencing,stale-stamp", "10", &["stale_term_executed"]),
+        // A sync that lies: a crash loses acknowledged writes, and openraft
+        // or the checker sees the history break.
+        (
+            "skip-sync",
+            "40",
+            &[
+                "panic",
+                "not_linearizable",
+                "process_aborted",
+                "host_failed",
+            ],
+        ),
+        // Phase changes applied whatever phase the operation is in.
+        ("skip-cas", "100", &["illegal_phase_change"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (broken, seeds, kinds) in cases {
+        let json = dir.path().join(format!("{broken}.json"));
+        let out = sim(
+            &["--seeds", seeds, "--json", json.to_str().unwrap()],
+            Some(broken),
+        );
+        assert_eq!(out.status.code(), Some(1), "{broken}: {}", stderr(&out));
+        let s = summary(&json);
+        let found = s["violations"].as_object().unwrap();
+        assert!(
+            found.keys().any(|k| kinds.contains(&k.as_str())),
+            "{broken}: caught as {found:?}, expected one of {kinds:?}"
+        );
+        assert!(!s["failing_seeds"].as_array().unwrap().is_empty());
+    }
 }

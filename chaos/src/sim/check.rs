@@ -8,6 +8,8 @@
 //! - never two running instances of a sandbox (sampled at every step);
 //! - no command executed under a term older than the agent's fence;
 //! - no orphan: a running container or a volume of no live sandbox;
+//! - every update phase change a node applied is a path of the update
+//!   state machine (sampled at every step);
 //! - no panic.
 
 use std::collections::BTreeMap;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use berth_agent::driver::MemoryDriver;
 use berth_proto::v1::Phase;
+use berth_raft::model::update::{transition, Event, UpdatePhase, UpdatePolicy};
 
 use super::client::Report;
 use crate::checker::linearizable::{self, Verdict};
@@ -56,6 +59,7 @@ impl Instances {
 
 pub struct Seen<'a> {
     pub names: &'a [String],
+    pub phases: &'a Phases,
     pub ops: Vec<Op>,
     pub report: &'a Report,
     pub instances: &'a Instances,
@@ -125,19 +129,27 @@ pub fn check(seen: Seen<'_>) -> (Vec<Violation>, Vec<Op>) {
             format!("{name} running as {} at {at_ms} ms", where_.join(" and ")),
         ));
     }
-    for (host, term, fence) in seen.executed {
-        if term < fence {
-            out.push(violation(
-                "stale_term_executed",
-                format!("{host} executed a command of term {term} with its fence at {fence}"),
-            ));
-        }
+    let stale: Vec<_> = seen.executed.iter().filter(|(_, t, f)| t < f).collect();
+    if let Some((host, term, fence)) = stale.first() {
+        out.push(violation(
+            "stale_term_executed",
+            format!(
+                "{} command(s) executed under a term older than the agent's fence, first on {host}: term {term}, fence {fence}",
+                stale.len()
+            ),
+        ));
     }
     if report.settled_ms.is_some() {
         check_orphans(&finals, seen.engines, &mut out);
     }
-    for panic in seen.panics {
-        out.push(violation("panic", panic.clone()));
+    for illegal in &seen.phases.illegal {
+        out.push(violation("illegal_phase_change", illegal.clone()));
+    }
+    if let Some(first) = seen.panics.first() {
+        out.push(violation(
+            "panic",
+            format!("{} panic(s), the first: {first}", seen.panics.len()),
+        ));
     }
     (out, ops)
 }
@@ -168,4 +180,88 @@ fn check_orphans(
             }
         }
     }
+}
+
+/// Every phase change of an update or rollback, as each node applied it,
+/// must be a path of the update state machine (`berth_raft::model::update`):
+/// a phase change committed against a phase the operation had already left
+/// (a broken compare-and-set) shows up as a jump the machine cannot make.
+#[derive(Debug, Default)]
+pub struct Phases {
+    /// (node, sandbox, operation) -> phase last seen.
+    last: BTreeMap<(String, String, String), UpdatePhase>,
+    pub illegal: Vec<String>,
+    pub changes: u64,
+}
+
+impl Phases {
+    /// Samples the applied state of every running control node.
+    pub fn sample(&mut self, registry: &super::cluster::Registry, now_ms: u64) {
+        let nodes: Vec<(String, Arc<berth_raft::RaftNode>)> = registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, node)| (n.clone(), node.clone()))
+            .collect();
+        // A crashed node reloads from its disk: start over with it.
+        self.last
+            .retain(|(h, _, _), _| nodes.iter().any(|(n, _)| n == h));
+        for (host, node) in nodes {
+            let view = node.state().read();
+            for record in view.table.iter() {
+                let Some(op) = &record.operation else {
+                    continue;
+                };
+                let key = (host.clone(), record.name.clone(), op.id.clone());
+                let before = self.last.insert(key, op.phase);
+                if let Some(before) = before.filter(|b| *b != op.phase) {
+                    self.changes += 1;
+                    if !reachable(before, op.phase, &op.policy) && self.illegal.len() < 5 {
+                        self.illegal.push(format!(
+                            "{host} applied {} of {} going {} -> {} at {now_ms} ms",
+                            op.kind.as_str(),
+                            record.name,
+                            before.as_str(),
+                            op.phase.as_str()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the update state machine can go from `from` to `to`.
+fn reachable(from: UpdatePhase, to: UpdatePhase, policy: &UpdatePolicy) -> bool {
+    let events = [
+        Event::Begin,
+        Event::Pulled,
+        Event::PullFailed(String::new()),
+        Event::OldStopped,
+        Event::StopFailed(String::new()),
+        Event::Started,
+        Event::StartFailed(String::new()),
+        Event::Healthy,
+        Event::Unhealthy(String::new()),
+        Event::Deadline,
+        Event::RolledBack,
+        Event::RollbackFailed(String::new()),
+        Event::Abort,
+        Event::Deleted,
+    ];
+    let mut seen = vec![from];
+    let mut frontier = vec![from];
+    while let Some(phase) = frontier.pop() {
+        for event in &events {
+            let (next, _) = transition(phase, event, policy);
+            if next == to {
+                return true;
+            }
+            if !seen.contains(&next) {
+                seen.push(next);
+                frontier.push(next);
+            }
+        }
+    }
+    false
 }

@@ -17,4 +17,4 @@ mod faults;
 mod runner;
 mod world;
 
-pub use runner::{main, SimArgs};
+pub use runner::{main, run_profile_seeds, SimArgs};

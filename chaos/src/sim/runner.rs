@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::check::{self, Instances, Seen};
+use super::check::{self, Instances, Phases, Seen};
 use super::client::{self, Plan, Report};
 use super::cluster::{self, Agent, Control, Registry};
 use super::faults::{self, Driver};
@@ -51,7 +51,7 @@ pub struct SimArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Simulated seconds of workload (and faults) per seed.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 8)]
     pub work_secs: u64,
     /// Simulated milliseconds per step (coarser is faster; timers fire at
     /// step boundaries).
@@ -157,6 +157,7 @@ pub fn run_seed(seed: u64, work: Duration, tick: Duration) -> (SeedResult, Vec<S
     }
     let mut driver = Driver::new(schedule, controls, agents, disks, registry, MAX_LATENCY);
     let mut instances = Instances::default();
+    let mut phases = Phases::default();
     let mut sim_error = None;
     loop {
         let now = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -167,17 +168,31 @@ pub fn run_seed(seed: u64, work: Duration, tick: Duration) -> (SeedResult, Vec<S
             heal.load(std::sync::atomic::Ordering::SeqCst),
         );
         instances.sample(&engines, now);
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
+        phases.sample(&driver.registry, now);
+        // A host that panics ends the seed (the panic hook records it);
+        // catching it keeps the worker alive for the next seed.
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step()));
+        match stepped {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
                 sim_error = Some(e.to_string());
+                break;
+            }
+            Err(_) => {
+                sim_error = Some("a host panicked (see the panic violation)".to_string());
                 break;
             }
         }
     }
     let sim_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
-    drop(sim);
+    // Tearing down hosts whose state a panic left inconsistent may panic
+    // again; then the simulation is leaked rather than the worker lost.
+    let mut sim = Some(sim);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(sim.take())));
+    if dropped.is_err() {
+        std::mem::forget(sim);
+    }
     let (trace, executed, panics) = world::with(|st| {
         (
             std::mem::take(&mut st.trace),
@@ -190,6 +205,7 @@ pub fn run_seed(seed: u64, work: Duration, tick: Duration) -> (SeedResult, Vec<S
     let op_count = ops.len();
     let (mut violations, _ops) = check::check(Seen {
         names: &plan.names,
+        phases: &phases,
         ops,
         report: &report,
         instances: &instances,
@@ -359,6 +375,25 @@ pub fn main(args: SimArgs) -> ExitCode {
     }
 }
 
+/// The chaos profile's share of simulation: seeds `1..=seeds` over every
+/// CPU; true when they all passed.
+pub fn run_profile_seeds(seeds: u64) -> bool {
+    let args = SimArgs {
+        seeds,
+        first_seed: 1,
+        seed: None,
+        trace: false,
+        twice: false,
+        jobs: None,
+        json: None,
+        work_secs: 8,
+        tick_ms: 5,
+        worker: false,
+    };
+    eprintln!("berth-chaos: {seeds} seeds of the deterministic simulation first (berth-chaos sim)");
+    main(args) == ExitCode::SUCCESS
+}
+
 fn print_seed(r: &SeedResult) {
     if r.violations.is_empty() {
         eprintln!(
@@ -415,7 +450,9 @@ fn worker(first: u64, count: u64, work: Duration, tick: Duration, twice: bool) -
 }
 
 /// Splits the seeds over `jobs` worker processes (a contiguous range
-/// each) and gathers their results as they come.
+/// each) and gathers their results as they come. A worker that dies (a
+/// seed whose broken cluster aborts the process) costs that one seed,
+/// recorded as `process_aborted`; a new worker takes the rest of its range.
 fn run_workers(
     first: u64,
     count: u64,
@@ -426,44 +463,16 @@ fn run_workers(
 ) -> anyhow::Result<Summary> {
     let exe = std::env::current_exe()?;
     let chunk = count.div_ceil(jobs as u64).max(1);
-    let mut children = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel::<SeedResult>();
+    let mut workers = Vec::new();
     let mut from = first;
     while from < first + count {
-        let n = chunk.min(first + count - from);
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["sim", "--worker", "--first-seed"])
-            .arg(from.to_string())
-            .arg("--seeds")
-            .arg(n.to_string())
-            .arg("--work-secs")
-            .arg(work.as_secs().to_string())
-            .arg("--tick-ms")
-            .arg(tick.as_millis().to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if twice {
-            cmd.arg("--twice");
-        }
-        children.push(cmd.spawn()?);
-        from += n;
-    }
-    let (tx, rx) = std::sync::mpsc::channel::<SeedResult>();
-    let mut readers = Vec::new();
-    for child in &mut children {
-        let Some(stdout) = child.stdout.take() else {
-            continue;
-        };
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(r) = serde_json::from_str::<SeedResult>(&line) {
-                    let _ = tx.send(r);
-                }
-            }
+        let to = (from + chunk).min(first + count);
+        let (tx, exe) = (tx.clone(), exe.clone());
+        workers.push(std::thread::spawn(move || {
+            range(&exe, from, to, work, tick, twice, &tx)
         }));
+        from = to;
     }
     drop(tx);
     let mut summary = Summary::default();
@@ -478,20 +487,17 @@ fn run_workers(
             print_seed(&r);
         }
         summary.add(r);
-        if done % 100 == 0 {
+        if done.is_multiple_of(100) {
             eprintln!(
                 "berth-chaos sim: {done}/{count} seeds, {:.1} seeds/s",
                 done as f64 / started.elapsed().as_secs_f64().max(1e-9)
             );
         }
     }
-    for r in readers {
-        let _ = r.join();
-    }
-    for mut child in children {
-        let status = child.wait()?;
-        if !status.success() {
-            anyhow::bail!("a worker exited with {status}");
+    for w in workers {
+        match w.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("a worker thread panicked"),
         }
     }
     if summary.seeds != count {
@@ -500,4 +506,63 @@ fn run_workers(
     summary.failing_seeds.sort_unstable();
     summary.nondeterministic_seeds.sort_unstable();
     Ok(summary)
+}
+
+/// Runs seeds `from..to` in worker processes, one after another, until
+/// every seed has a result.
+fn range(
+    exe: &std::path::Path,
+    mut next: u64,
+    to: u64,
+    work: Duration,
+    tick: Duration,
+    twice: bool,
+    tx: &std::sync::mpsc::Sender<SeedResult>,
+) -> anyhow::Result<()> {
+    while next < to {
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["sim", "--worker", "--first-seed"])
+            .arg(next.to_string())
+            .arg("--seeds")
+            .arg((to - next).to_string())
+            .arg("--work-secs")
+            .arg(work.as_secs().to_string())
+            .arg("--tick-ms")
+            .arg(tick.as_millis().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if twice {
+            cmd.arg("--twice");
+        }
+        let mut child = cmd.spawn()?;
+        if let Some(stdout) = child.stdout.take() {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(r) = serde_json::from_str::<SeedResult>(&line) {
+                    next = r.seed + 1;
+                    let _ = tx.send(r);
+                }
+            }
+        }
+        let status = child.wait()?;
+        if next < to {
+            let _ = tx.send(SeedResult {
+                seed: next,
+                hash: String::new(),
+                events: 0,
+                ops: 0,
+                faults: 0,
+                violations: vec![(
+                    "process_aborted".to_string(),
+                    format!("the simulation process died ({status}); replay with --seed {next}"),
+                )],
+                tail: Vec::new(),
+                sim_ms: 0,
+            });
+            next += 1;
+        }
+    }
+    Ok(())
 }
