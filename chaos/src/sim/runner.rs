@@ -279,6 +279,9 @@ pub fn main(args: SimArgs) -> ExitCode {
         Some(s) => (s, 1),
         None => (args.first_seed, args.seeds),
     };
+    if !world::deterministic() {
+        eprintln!("berth-chaos sim: WARNING: built without --cfg tokio_unstable (RUSTFLAGS overrides .cargo/config.toml): seeds will not replay exactly");
+    }
     let work = Duration::from_secs(args.work_secs.max(3));
     let tick = Duration::from_millis(args.tick_ms.clamp(1, 50));
     if args.worker {

@@ -99,10 +99,31 @@ fn install() {
     }));
 }
 
+/// Every simulated host has its own tokio runtime: its id tells which
+/// host's code is running. (`Handle::id` needs `--cfg tokio_unstable`, set
+/// in `.cargo/config.toml`; without it every host is "sim", unskewed, and
+/// [`deterministic`] is false.)
+#[cfg(tokio_unstable)]
+fn runtime_id() -> Option<String> {
+    Some(tokio::runtime::Handle::try_current().ok()?.id().to_string())
+}
+
+#[cfg(not(tokio_unstable))]
+fn runtime_id() -> Option<String> {
+    None
+}
+
+/// Whether this build can replay seeds exactly: turmoil seeds each host's
+/// tokio RNG (which picks `select!` branches) only under
+/// `--cfg tokio_unstable` (a `RUSTFLAGS` variable overrides the one in
+/// `.cargo/config.toml`).
+pub fn deterministic() -> bool {
+    cfg!(tokio_unstable)
+}
+
 /// Called first in every host: names the host's runtime and sets its skew.
 pub fn enter_host(name: &str, skew_ms: i64) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        let id = handle.id().to_string();
+    if let Some(id) = runtime_id() {
         with(|st| {
             st.hosts.insert(id, (name.to_string(), skew_ms));
         });
@@ -110,7 +131,7 @@ pub fn enter_host(name: &str, skew_ms: i64) {
 }
 
 fn current() -> Option<(String, i64)> {
-    let id = tokio::runtime::Handle::try_current().ok()?.id().to_string();
+    let id = runtime_id()?;
     with(|st| st.hosts.get(&id).cloned())
 }
 
