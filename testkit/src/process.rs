@@ -145,7 +145,21 @@ impl NodeProcess {
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let tail = all.len().saturating_sub(lines);
+        // A panic is usually far above the tail: show where it happened.
+        let panics: Vec<&str> = all[..tail]
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("panicked at"))
+            .flat_map(|(i, _)| all[i..(i + 3).min(tail)].iter().copied())
+            .take(12)
+            .collect();
+        let mut out = panics.join("\n");
+        if !out.is_empty() {
+            out.push_str("\n[...]\n");
+        }
+        out.push_str(&all[tail..].join("\n"));
+        out
     }
 }
 
