@@ -14,7 +14,6 @@ use berth_proto::agent_v1::{
 };
 use berth_proto::net::Listener;
 use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -94,7 +93,7 @@ pub async fn serve(
         }
         (Listener::Tcp(listener), None) => {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(berth_proto::net::tcp_incoming(listener), shutdown)
                 .await
         }
         (Listener::Simulated(incoming), _) => {

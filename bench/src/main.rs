@@ -5,16 +5,22 @@
 //! berth-bench failover [N=1000]    N sandboxes on an in-memory agent; kill -9 the leader; time
 //!                                  until the new leader runs an actor for every sandbox again
 //! berth-bench update [ROUNDS=5]    berth update v1<->v2 next to the same replacement by hand with Podman
+//! berth-bench writes [--against-etcd] [--secs 10] [--levels 1,16,64,256]
+//!                                  CreateSandbox throughput and latency per concurrency
+//!                                  level, next to etcd's Put in the same run
 //! ```
 //!
 //! Every figure comes from real processes on loopback (3 berthd, 1 agent).
 //! Build first: `cargo build --workspace --bins`; run from the target dir
 //! so the harness finds `berthd` and `berth-agent` next to this binary.
 
+mod etcd;
 mod failover;
+mod load;
 mod sandboxes;
 mod update;
 mod util;
+mod writes;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,9 +30,40 @@ async fn main() -> anyhow::Result<()> {
         Some("sandboxes") => sandboxes::run(n(100)).await,
         Some("failover") => failover::run(n(1000)).await,
         Some("update") => update::run(n(5)).await,
+        Some("writes") => writes::run(writes_options(&args[1..])?).await,
         _ => {
-            eprintln!("usage: berth-bench sandboxes [N] | failover [N] | update [ROUNDS]");
+            eprintln!(
+                "usage: berth-bench sandboxes [N] | failover [N] | update [ROUNDS] \
+                 | writes [--against-etcd] [--secs S] [--levels 1,16,64,256]"
+            );
             std::process::exit(2);
         }
     }
+}
+
+fn writes_options(args: &[String]) -> anyhow::Result<writes::Options> {
+    let mut options = writes::Options {
+        levels: vec![1, 16, 64, 256],
+        secs: 10.0,
+        against_etcd: false,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--against-etcd" => options.against_etcd = true,
+            "--secs" => options.secs = value()?.parse()?,
+            "--levels" => {
+                options.levels = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            other => anyhow::bail!("unknown option {other}"),
+        }
+    }
+    Ok(options)
 }

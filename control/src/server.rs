@@ -21,7 +21,6 @@ use berth_proto::v1::cluster_service_server::ClusterServiceServer;
 use berth_proto::v1::sandbox_service_server::SandboxServiceServer;
 use berth_raft::network::server::RaftServer;
 use berth_raft::RaftNode;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -86,7 +85,7 @@ pub async fn serve(
         }
         (Listener::Tcp(listener), None) => {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(berth_proto::net::tcp_incoming(listener), shutdown)
                 .await
         }
         (Listener::Simulated(incoming), _) => {

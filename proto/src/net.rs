@@ -62,6 +62,13 @@ pub async fn bind(addr: &str) -> io::Result<Listener> {
     }
 }
 
+/// The connections a plain TCP listener accepts, with TCP_NODELAY set on
+/// each (tonic sets it on the sockets it dials, not on ones it is handed:
+/// without it small gRPC frames wait out Nagle's delay, about 40 ms).
+pub fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// One accepted or dialed connection of an installed network.
 pub struct Conn(pub Box<dyn Io>);
 

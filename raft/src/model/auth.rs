@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::command::is_zero;
+
 /// The tenant of sandboxes created before tenancy existed, of `--insecure`
 /// clusters, and of the bootstrap token.
 pub const DEFAULT_TENANT: &str = "default";
@@ -125,6 +127,10 @@ pub const AUDIT_WINDOW: usize = 10_000;
 pub struct AuditEvent {
     /// Log index of the entry (orders events and eviction).
     pub index: u64,
+    /// Place in the entry's batch (0 unless the entry carried several
+    /// proposals; see `Command::Batch`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slot: u32,
     pub at_ms: i64,
     /// `token:<id>`, `cert:<name>` or `insecure`.
     pub principal: String,

@@ -139,6 +139,11 @@ pub enum Command {
     /// Changes nothing but the audit trail: an exec into sandbox `name`,
     /// recorded before the command runs.
     RecordExec { name: String, command: Vec<String> },
+    /// Several proposals committed as one log entry (group commit, see
+    /// `node::batch`). Each is applied in order exactly as if it had an
+    /// entry of its own; the response is a [`CommandResponse::Batch`].
+    /// Only the leader's batcher builds one; a batch never nests.
+    Batch { proposals: Vec<Proposal> },
 }
 
 /// What is proposed through Raft: a command plus the rules for applying it.
@@ -257,6 +262,7 @@ impl Command {
             Command::RevokeToken { id, .. } => ("revoke-token", id),
             Command::SetQuota { tenant, .. } => ("set-quota", tenant),
             Command::RecordExec { name, .. } => ("exec", name),
+            Command::Batch { proposals } => return format!("batch of {}", proposals.len()),
         };
         format!("{kind} {name}")
     }
@@ -268,6 +274,9 @@ pub struct RequestRecord {
     pub id: String,
     /// Log index of the entry that first carried the id (orders eviction).
     pub index: u64,
+    /// Place in that entry's batch (see [`Command::Batch`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slot: u32,
     /// [`Command::subject`] of that command.
     pub subject: String,
     pub response: CommandResponse,
@@ -314,6 +323,14 @@ pub enum CommandResponse {
     Tenant { record: TenantRecord },
     /// The command was refused and changed nothing.
     Rejected { rejection: Rejection },
+    /// The responses to a [`Command::Batch`], in its order.
+    Batch { responses: Vec<CommandResponse> },
+}
+
+/// For `skip_serializing_if`: the default batch slot is left out, so an
+/// entry of one proposal encodes as it always did.
+pub(crate) fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl CommandResponse {

@@ -36,8 +36,13 @@ pub enum Change {
     PutToken(TokenRecord),
     PutTenant(TenantRecord),
     PutAudit(AuditEvent),
-    DeleteAudit(u64),
+    DeleteAudit(LogPos),
 }
+
+/// Where a proposal sits in the log: the index of the entry that carried it
+/// and its place in that entry's batch (0 for an entry of one proposal).
+/// Orders remembered requests and audit events for eviction.
+pub type LogPos = (u64, u32);
 
 /// All sandboxes and nodes, by name, and the recent client request ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,16 +50,16 @@ pub struct State {
     sandboxes: BTreeMap<String, SandboxRecord>,
     nodes: BTreeMap<String, NodeRecord>,
     requests: BTreeMap<String, RequestRecord>,
-    /// Request ids by the log index that first carried them, for eviction.
-    request_order: BTreeMap<u64, String>,
+    /// Request ids by the log position that first carried them, for eviction.
+    request_order: BTreeMap<LogPos, String>,
     /// Kept workspace volumes, by volume name.
     volumes: BTreeMap<String, KeptVolume>,
     /// API tokens (hashes only), by id; revoked ones are kept.
     tokens: BTreeMap<String, TokenRecord>,
     /// Tenants with a quota, by name.
     tenants: BTreeMap<String, TenantRecord>,
-    /// The audit trail of client calls, by log index (bounded).
-    audit: BTreeMap<u64, AuditEvent>,
+    /// The audit trail of client calls, by log position (bounded).
+    audit: BTreeMap<LogPos, AuditEvent>,
 }
 
 type Applied = (CommandResponse, Vec<Change>);
@@ -199,7 +204,7 @@ impl State {
             Change::PutRequest(r) => self.insert_request(r.clone()),
             Change::DeleteRequest(id) => {
                 if let Some(r) = self.requests.remove(id) {
-                    self.request_order.remove(&r.index);
+                    self.request_order.remove(&(r.index, r.slot));
                 }
             }
             Change::PutVolume(v) => self.insert_volume(v.clone()),
@@ -209,8 +214,8 @@ impl State {
             Change::PutToken(t) => self.insert_token(t.clone()),
             Change::PutTenant(t) => self.insert_tenant(t.clone()),
             Change::PutAudit(e) => self.insert_audit(e.clone()),
-            Change::DeleteAudit(index) => {
-                self.audit.remove(index);
+            Change::DeleteAudit(pos) => {
+                self.audit.remove(pos);
             }
         }
     }
@@ -231,7 +236,8 @@ impl State {
 
     /// Inserts a remembered request as loaded from storage or a snapshot.
     pub fn insert_request(&mut self, record: RequestRecord) {
-        self.request_order.insert(record.index, record.id.clone());
+        self.request_order
+            .insert((record.index, record.slot), record.id.clone());
         self.requests.insert(record.id.clone(), record);
     }
 
@@ -246,10 +252,28 @@ impl State {
     /// refuses a command proposed for another leadership term, answers a
     /// known request id with its first response, and otherwise applies the
     /// command (remembering the response under its request id).
+    ///
+    /// An entry that carries a [`Command::Batch`] applies each proposal in
+    /// it in order, exactly as if each had an entry of its own, and answers
+    /// with each one's response.
     pub fn apply_proposal(&mut self, term: u64, index: u64, proposal: &Proposal) -> Applied {
-        let (response, mut changes) = self.apply_unaudited(term, index, proposal);
+        let Command::Batch { proposals } = &proposal.command else {
+            return self.apply_at(term, (index, 0), proposal);
+        };
+        let mut responses = Vec::with_capacity(proposals.len());
+        let mut changes = Vec::new();
+        for (slot, inner) in (0u32..).zip(proposals) {
+            let (response, more) = self.apply_at(term, (index, slot), inner);
+            responses.push(response);
+            changes.extend(more);
+        }
+        (CommandResponse::Batch { responses }, changes)
+    }
+
+    fn apply_at(&mut self, term: u64, pos: LogPos, proposal: &Proposal) -> Applied {
+        let (response, mut changes) = self.apply_unaudited(term, pos, proposal);
         if let Some(stamp) = &proposal.audit {
-            let audit = self.audit_changes(index, stamp, proposal, &response);
+            let audit = self.audit_changes(pos, stamp, proposal, &response);
             for change in &audit {
                 self.take(change);
             }
@@ -258,7 +282,7 @@ impl State {
         (response, changes)
     }
 
-    fn apply_unaudited(&mut self, term: u64, index: u64, proposal: &Proposal) -> Applied {
+    fn apply_unaudited(&mut self, term: u64, pos: LogPos, proposal: &Proposal) -> Applied {
         if let Some(proposed) = proposal.term {
             if proposed != term {
                 let msg = format!(
@@ -293,7 +317,8 @@ impl State {
             self.apply_traced(&proposal.command, &proposal.trace, stamp_ms);
         let record = RequestRecord {
             id: id.clone(),
-            index,
+            index: pos.0,
+            slot: pos.1,
             subject,
             response: response.clone(),
         };
@@ -533,6 +558,11 @@ impl State {
             | Command::RevokeToken { .. }
             | Command::SetQuota { .. }
             | Command::RecordExec { .. } => self.decide_auth(command),
+            // Unpacked by `apply_proposal`; only a nested one gets here.
+            Command::Batch { .. } => (
+                CommandResponse::rejected(InvalidArgument, "a batch cannot hold another batch"),
+                vec![],
+            ),
             Command::UpdateSandbox { .. }
             | Command::RollbackSandbox { .. }
             | Command::AdvanceOperation { .. }

@@ -6,6 +6,7 @@
 //! Invariant kept here: every operation is bounded by the node's request
 //! timeout and fails `Unavailable` rather than hang (invariant 8).
 
+mod batch;
 mod leader;
 
 use std::collections::{BTreeMap, HashMap};
@@ -97,6 +98,8 @@ pub struct RaftNode {
     state: SharedState,
     request_timeout: Duration,
     leader_clients: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    /// Group commit for the writes this node proposes as leader.
+    writes: batch::Batcher,
 }
 
 impl RaftNode {
@@ -126,6 +129,7 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
         tokio::spawn(export_metrics(raft.metrics(), config.id));
+        let writes = batch::Batcher::start(raft.clone(), leader::write_error);
         Ok(Arc::new(Self {
             id: config.id,
             addr: config.addr,
@@ -133,6 +137,7 @@ impl RaftNode {
             state,
             request_timeout: config.request_timeout,
             leader_clients: Mutex::new(HashMap::new()),
+            writes,
         }))
     }
 

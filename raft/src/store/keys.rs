@@ -65,8 +65,13 @@ pub(crate) fn tenant_key(name: &str) -> Vec<u8> {
 
 pub(crate) const AUDIT_PREFIX: &[u8] = b"audit/";
 
-pub(crate) fn audit_key(index: u64) -> Vec<u8> {
+/// The key of the audit event at log position `(index, slot)`; slot 0
+/// (an entry of one proposal) keeps the shorter key entries always had.
+pub(crate) fn audit_key(index: u64, slot: u32) -> Vec<u8> {
     let mut key = AUDIT_PREFIX.to_vec();
     key.extend_from_slice(&index.to_be_bytes());
+    if slot != 0 {
+        key.extend_from_slice(&slot.to_be_bytes());
+    }
     key
 }

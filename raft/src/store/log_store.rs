@@ -3,6 +3,9 @@
 //! Invariant kept here: `append` calls openraft's flushed-callback only after
 //! the batch is synced; the vote is synced before `save_vote` returns; purge
 //! records the last purged id in the same batch that deletes the entries.
+//! The commit index is written but not synced: Raft does not need it to be
+//! durable (a restarted node learns it again from the leader, and openraft
+//! treats the applied id as committed).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -41,16 +44,17 @@ impl LogStore {
         Ok(Some(value))
     }
 
-    fn put_meta_synced<T: Serialize>(
+    fn put_meta<T: Serialize>(
         &self,
         key: &[u8],
         value: &T,
+        sync: bool,
     ) -> Result<(), StorageIOError<NodeId>> {
         let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
         let mut batch = Batch::default();
         batch.put(Cf::RaftMeta, key, bytes);
         self.disk
-            .write(batch, true)
+            .write(batch, sync)
             .map_err(|e| StorageIOError::write(&e))
     }
 
@@ -122,7 +126,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        self.put_meta_synced(keys::VOTE, vote)
+        self.put_meta(keys::VOTE, vote, true)
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
@@ -136,7 +140,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .raft_commit_index
                 .set(i64::try_from(id.index).unwrap_or(i64::MAX));
         }
-        Ok(self.put_meta_synced(keys::COMMITTED, &committed)?)
+        Ok(self.put_meta(keys::COMMITTED, &committed, false)?)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {

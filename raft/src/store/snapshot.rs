@@ -261,6 +261,7 @@ mod tests {
             requests: vec![RequestRecord {
                 id: "req-1".into(),
                 index: 4,
+                slot: 0,
                 subject: "create s0".into(),
                 response: crate::CommandResponse::Deleted { name: "s0".into() },
             }],
@@ -292,6 +293,7 @@ mod tests {
             }],
             audit: vec![AuditEvent {
                 index: 7,
+                slot: 2,
                 at_ms: 8,
                 principal: "token:tok1".into(),
                 tenant: "team".into(),

@@ -2,9 +2,17 @@
 //! with an in-memory view for reads.
 //!
 //! Invariants kept here: each `apply` call writes the changed records, the
-//! last-applied log id and the membership in one synced batch, so a restart
-//! resumes from where it was without replaying the whole log; and the
-//! in-memory view only ever reflects what was applied (invariant 2).
+//! last-applied log id and the membership in one atomic batch, so a restart
+//! resumes from a consistent point; and the in-memory view only ever
+//! reflects what was applied (invariant 2).
+//!
+//! Applied batches are not synced on their own: every entry they apply is
+//! already synced in the log, and the disk has one write-ahead log, so the
+//! next synced write (the next log append, vote, snapshot or purge) makes
+//! them durable in order. A crash may lose the newest applied batches;
+//! openraft then applies those entries again from the log on restart, and
+//! a purge (synced, after every apply it covers) never removes an entry
+//! whose effect is not yet durable.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,10 +177,10 @@ fn persist(batch: &mut Batch, change: Change) -> StorageResult<()> {
         ),
         Change::PutAudit(event) => batch.put(
             Cf::Sm,
-            keys::audit_key(event.index),
+            keys::audit_key(event.index, event.slot),
             codec::encode(&event).map_err(io_write)?,
         ),
-        Change::DeleteAudit(index) => batch.delete(Cf::Sm, keys::audit_key(index)),
+        Change::DeleteAudit((index, slot)) => batch.delete(Cf::Sm, keys::audit_key(index, slot)),
     }
     Ok(())
 }
@@ -268,9 +276,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(response);
         }
         self.put_applied_meta(&mut batch, &view)?;
-        // Data and last-applied id land together, synced (invariant 1).
+        // Data and last-applied id land together; durable with the next
+        // synced write (see the module doc).
         berth_proto::chaos::failpoint("apply-before-sync");
-        if let Err(e) = self.disk.write(batch, true) {
+        if let Err(e) = self.disk.write(batch, false) {
             *view = Self::read_view(self.disk.as_ref())?;
             return Err(io_write(e));
         }

@@ -5,7 +5,7 @@
 //! its quota, because the check runs in the state machine, in log order,
 //! so two concurrent creates cannot both pass on a stale count.
 
-use super::{not_found, Applied, Change, State};
+use super::{not_found, Applied, Change, LogPos, State};
 use crate::model::auth::{split_key, AuditEvent, TenantRecord, TokenRecord, Usage, AUDIT_WINDOW};
 use crate::model::command::RejectionKind::{AlreadyExists, NotFound, ResourceExhausted};
 use crate::model::{AuditStamp, Proposal};
@@ -62,7 +62,7 @@ impl State {
     }
 
     pub fn insert_audit(&mut self, event: AuditEvent) {
-        self.audit.insert(event.index, event);
+        self.audit.insert((event.index, event.slot), event);
     }
 
     /// The whole audit trail, oldest first.
@@ -82,7 +82,7 @@ impl State {
     /// and the evictions that keep the trail bounded.
     pub(super) fn audit_changes(
         &self,
-        index: u64,
+        pos: LogPos,
         stamp: &AuditStamp,
         proposal: &Proposal,
         response: &CommandResponse,
@@ -98,7 +98,8 @@ impl State {
             _ => String::new(),
         };
         let event = AuditEvent {
-            index,
+            index: pos.0,
+            slot: pos.1,
             at_ms: stamp.at_ms,
             principal: stamp.principal.clone(),
             tenant: stamp.tenant.clone(),

@@ -714,6 +714,78 @@ mod proposals {
         assert_eq!(state.requests().count(), REQUEST_WINDOW);
         assert_eq!(state.requests().next().map(|r| r.id.as_str()), Some("r3"));
     }
+
+    /// A batch (group commit) applies each proposal exactly as it would
+    /// apply alone, in order, and answers each: a later proposal sees an
+    /// earlier one's effect, a repeated request id in the same entry is
+    /// answered not applied, and each proposal keeps its own log position.
+    #[test]
+    fn a_batch_applies_each_proposal_as_if_alone_in_order() {
+        let batch = |proposals: Vec<Proposal>| Proposal::new(Command::Batch { proposals });
+        let alone = {
+            let mut state = State::default();
+            let mut responses = vec![];
+            for (i, p) in batch_items().into_iter().enumerate() {
+                responses.push(state.apply_proposal(3, 10 + i as u64, &p).0);
+            }
+            (state, responses)
+        };
+        let mut state = State::default();
+        let (response, changes) = state.apply_proposal(3, 10, &batch(batch_items()));
+        let CommandResponse::Batch { responses } = response else {
+            panic!("{response:?}");
+        };
+        assert_eq!(responses, alone.1, "each proposal answered as if alone");
+        assert_eq!(state.get("a"), alone.0.get("a"));
+        assert_eq!(rejected(&responses[1]), Some(RejectionKind::AlreadyExists));
+        assert_eq!(
+            responses[2], responses[0],
+            "a repeated id gets the first answer"
+        );
+        assert_eq!(rejected(&responses[3]), Some(RejectionKind::StaleTerm));
+        // Remembered at distinct positions in the one entry.
+        let slots: Vec<(u64, u32)> = state.requests().map(|r| (r.index, r.slot)).collect();
+        assert_eq!(slots, [(10, 0)]);
+        let audit: Vec<(u64, u32)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::PutAudit(e) => Some((e.index, e.slot)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(audit, [(10, 0), (10, 1), (10, 2), (10, 3)]);
+        assert_eq!(state.audit().count(), 4, "no audit event overwrote another");
+        // A batch inside a batch is refused and changes nothing.
+        let before = state.clone();
+        let (response, changes) =
+            state.apply_proposal(3, 11, &batch(vec![batch(vec![Proposal::new(create("z"))])]));
+        let CommandResponse::Batch { responses } = response else {
+            panic!("{response:?}");
+        };
+        assert_eq!(
+            rejected(&responses[0]),
+            Some(RejectionKind::InvalidArgument)
+        );
+        assert!(changes.is_empty());
+        assert_eq!(state, before);
+    }
+
+    fn batch_items() -> Vec<Proposal> {
+        let stamp = |p: Proposal| Proposal {
+            audit: Some(crate::model::AuditStamp {
+                principal: "insecure".into(),
+                tenant: String::new(),
+                at_ms: 1,
+            }),
+            ..p
+        };
+        vec![
+            stamp(Proposal::with_request_id(create("a"), "req-a".into())),
+            stamp(Proposal::new(create("a"))),
+            stamp(Proposal::with_request_id(create("a"), "req-a".into())),
+            stamp(Proposal::in_term(create("b"), 2)),
+        ]
+    }
 }
 
 mod identity {
