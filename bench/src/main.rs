@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! berth-bench sandboxes [N=100]    create N sandboxes on one Podman agent; time until all Running
-//! berth-bench failover [N=1000]    N sandboxes on an in-memory agent; kill -9 the leader; time
-//!                                  until the new leader runs an actor for every sandbox again
+//! berth-bench failover [N=1000] [KILLS=10]
+//!                                  N sandboxes on an in-memory agent; kill -9 the leader KILLS
+//!                                  times; p50/p99 until the new leader runs every actor again
 //! berth-bench update [ROUNDS=5]    berth update v1<->v2 next to the same replacement by hand with Podman
+//! berth-bench scale [N=10000]      N sandboxes on one leader (in-memory driver): idle leader
+//!                                  CPU, RSS per sandbox, write rate full vs empty
 //! berth-bench writes [--against-etcd] [--secs 10] [--levels 1,16,64,256]
 //!                                  CreateSandbox throughput and latency per concurrency
 //!                                  level, next to etcd's Put in the same run
@@ -18,6 +21,7 @@ mod etcd;
 mod failover;
 mod load;
 mod sandboxes;
+mod scale;
 mod update;
 mod util;
 mod writes;
@@ -28,12 +32,16 @@ async fn main() -> anyhow::Result<()> {
     let n = |default: usize| args.get(1).and_then(|s| s.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {
         Some("sandboxes") => sandboxes::run(n(100)).await,
-        Some("failover") => failover::run(n(1000)).await,
+        Some("failover") => {
+            let kills = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+            failover::run(n(1000), kills).await
+        }
         Some("update") => update::run(n(5)).await,
+        Some("scale") => scale::run(n(10_000)).await,
         Some("writes") => writes::run(writes_options(&args[1..])?).await,
         _ => {
             eprintln!(
-                "usage: berth-bench sandboxes [N] | failover [N] | update [ROUNDS] \
+                "usage: berth-bench sandboxes [N] | failover [N] [KILLS] | update [ROUNDS] | scale [N] \
                  | writes [--against-etcd] [--secs S] [--levels 1,16,64,256]"
             );
             std::process::exit(2);

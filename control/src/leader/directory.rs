@@ -9,6 +9,7 @@
 //! are two different things, and one never hides the other.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::time::Instant;
 
@@ -44,15 +45,29 @@ fn same(a: &Observed, b: &Observed) -> bool {
 }
 
 #[derive(Clone, Default)]
-pub struct Directory(Arc<RwLock<BTreeMap<String, LiveNode>>>);
+pub struct Directory {
+    nodes: Arc<RwLock<BTreeMap<String, LiveNode>>>,
+    /// Bumped whenever an agent becomes reachable (its first inventory) or
+    /// goes away: what sandboxes can be placed on, or are cut off from.
+    topology: Arc<AtomicU64>,
+}
 
 impl Directory {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, LiveNode>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, LiveNode>> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes whenever the set of reachable agents changes.
+    pub fn topology(&self) -> u64 {
+        self.topology.load(Ordering::Relaxed)
+    }
+
+    fn topology_changed(&self) {
+        self.topology.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A new session for `node` replaces any older one.
@@ -71,6 +86,9 @@ impl Directory {
                 last_seen: Instant::now(),
             },
         );
+        if old.as_ref().is_some_and(|o| o.inventory.is_some()) {
+            self.topology_changed(); // unreachable until it reports again
+        }
         old.filter(|o| o.session != session).map(|o| o.actor)
     }
 
@@ -79,6 +97,7 @@ impl Directory {
         let mut nodes = self.write();
         if nodes.get(node).is_some_and(|n| n.session == session) {
             nodes.remove(node);
+            self.topology_changed();
         }
     }
 
@@ -130,6 +149,9 @@ impl Directory {
                 changed
             }
         };
+        if live.inventory.is_none() {
+            self.topology_changed();
+        }
         live.inventory = Some(new);
         live.last_seen = Instant::now();
         changed

@@ -43,6 +43,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(10);
 
 pub enum SandboxMsg {
+    /// Time passed: re-check deadlines and backoffs (only sent to an actor
+    /// that is waiting on time; see [`SandboxState::settled`]).
     Tick,
     /// Something relevant changed; reconcile now.
     Nudge,
@@ -97,6 +99,10 @@ pub struct SandboxState {
     step_failures: u32,
     /// No reconcile before this (backoff after a failed step).
     step_retry_at: Instant,
+    /// The last reconcile found nothing to do and nothing to report.
+    quiet: bool,
+    /// A Tick is on its way.
+    tick_armed: bool,
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -188,8 +194,24 @@ impl SandboxState {
         Ok(unchanged)
     }
 
+    /// Nothing here waits on time: no command in flight, no operation, no
+    /// backoff or stable-run check pending, and the last reconcile had
+    /// nothing to do. A settled actor gets no Tick; it is woken by what
+    /// can change its decision: its record (the state machine's feed),
+    /// its container (the agent's reports), node readiness or agents
+    /// coming and going (the supervisor nudges it).
+    fn settled(&self) -> bool {
+        let now = Instant::now();
+        self.quiet
+            && self.inflight.is_none()
+            && self.running_since.is_none()
+            && now >= self.next_attempt
+            && now >= self.step_retry_at
+    }
+
     /// One reconcile step. Returns false when the actor should stop.
     async fn reconcile(&mut self, myself: &ActorRef<SandboxMsg>) -> Result<bool, StepError> {
+        self.quiet = false;
         // The record and its node's replicated liveness, read together.
         let (record, node_ready) = {
             let state = self.ctx.node.state().read();
@@ -262,11 +284,13 @@ impl SandboxState {
             last_error: self.last_error.as_deref(),
             removed: self.removed || crate::chaos::broken("forget-early"),
         });
+        let mut reported = false;
         if let Some(status) = plan.status {
             let changed = status.phase != record.phase
                 || status.message != record.message
                 || status.container_id != record.container_id;
             if changed {
+                reported = true;
                 super::telemetry::status_changed(&record, status.phase, &status.container_id);
                 self.ctx
                     .write(Command::SetSandboxStatus {
@@ -281,7 +305,9 @@ impl SandboxState {
             }
         }
         match plan.action {
-            Action::None => {}
+            Action::None => {
+                self.quiet = !reported && record.active_operation().is_none();
+            }
             Action::Schedule(node) => {
                 tracing::info!(sandbox = %record.name, %node, "placing sandbox");
                 self.ctx
@@ -525,7 +551,6 @@ impl Actor for SandboxActor {
         myself: ActorRef<SandboxMsg>,
         args: SandboxArgs,
     ) -> Result<SandboxState, ActorProcessingErr> {
-        myself.send_interval(TICK, || SandboxMsg::Tick);
         myself.send_message(SandboxMsg::Nudge)?;
         Ok(SandboxState {
             ctx: args.ctx,
@@ -540,6 +565,8 @@ impl Actor for SandboxActor {
             removed: false,
             step_failures: 0,
             step_retry_at: Instant::now(),
+            quiet: false,
+            tick_armed: false,
         })
     }
 
@@ -549,21 +576,31 @@ impl Actor for SandboxActor {
         msg: SandboxMsg,
         state: &mut SandboxState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SandboxMsg::CommandDone(result) = msg {
-            state.on_result(*result);
+        match msg {
+            SandboxMsg::CommandDone(result) => state.on_result(*result),
+            SandboxMsg::Tick => state.tick_armed = false,
+            SandboxMsg::Nudge => {}
         }
-        if Instant::now() < state.step_retry_at {
-            return Ok(()); // backing off after a failed step
-        }
-        match state.reconcile(&myself).await {
-            Ok(true) => state.step_failures = 0,
-            Ok(false) => myself.stop(None),
-            Err(e) => {
-                state.step_failures = state.step_failures.saturating_add(1);
-                let delay = backoff(state.step_failures - 1);
-                state.step_retry_at = Instant::now() + delay;
-                tracing::warn!(sandbox = %state.name, error = %e, retry_in = ?delay, "reconcile step failed; retrying");
+        // Backing off after a failed step: only time ends that.
+        if Instant::now() >= state.step_retry_at {
+            match state.reconcile(&myself).await {
+                Ok(true) => state.step_failures = 0,
+                Ok(false) => {
+                    myself.stop(None);
+                    return Ok(());
+                }
+                Err(e) => {
+                    state.step_failures = state.step_failures.saturating_add(1);
+                    let delay = backoff(state.step_failures - 1);
+                    state.step_retry_at = Instant::now() + delay;
+                    state.quiet = false;
+                    tracing::warn!(sandbox = %state.name, error = %e, retry_in = ?delay, "reconcile step failed; retrying");
+                }
             }
+        }
+        if !state.settled() && !state.tick_armed {
+            state.tick_armed = true;
+            myself.send_after(TICK, || SandboxMsg::Tick);
         }
         Ok(())
     }

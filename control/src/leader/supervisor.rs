@@ -11,24 +11,28 @@
 //! count reset. A node that stops reporting is marked NotReady through Raft
 //! and nothing of it is deleted or moved.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::agent_v1::{command, AgentMessage, CommandResult, Register, Remove};
 use berth_raft::model::KeptVolume;
+use berth_raft::store::Touched;
 use berth_raft::Command;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::time::Instant;
 use tonic::Streaming;
 
 use super::node_actor::{sandbox_actor_name, NodeActor, NodeArgs, NodeMsg, Outbound, ReplyTo};
-use super::sandbox_actor::{SandboxActor, SandboxArgs};
+use super::sandbox_actor::{SandboxActor, SandboxArgs, SandboxMsg};
 use super::LeaderCtx;
 use crate::clock::now_ms;
 
 const TICK: Duration = Duration::from_millis(500);
+/// Every this many ticks (10 s) every record is compared with the running
+/// actors, as a safety net under the change feed.
+const RESYNC_TICKS: u64 = 20;
 /// A node silent this long is marked NotReady.
 const NODE_GRACE: Duration = Duration::from_secs(5);
 /// Longest pause before restarting a failed child.
@@ -38,6 +42,8 @@ const RESTART_RESET: Duration = Duration::from_secs(60);
 
 pub enum SupervisorMsg {
     Tick,
+    /// An applied batch touched these records (the state machine's feed).
+    Touched(Arc<Touched>),
     AgentConnected(Box<AgentSession>),
     /// The result of removing a kept volume on its node.
     VolumeRemoved {
@@ -71,7 +77,14 @@ fn restart_delay(count: u32) -> Duration {
 pub struct SupervisorState {
     ctx: Arc<LeaderCtx>,
     /// Sandbox name -> (uid, actor).
-    sandboxes: BTreeMap<String, (String, ActorRef<super::sandbox_actor::SandboxMsg>)>,
+    sandboxes: BTreeMap<String, (String, ActorRef<SandboxMsg>)>,
+    /// Sandboxes whose actor could not start yet (tried every tick).
+    to_spawn: BTreeSet<String>,
+    ticks: u64,
+    /// The directory's topology when actors were last nudged for it.
+    topology: u64,
+    /// Sandboxes changed since the phase gauges were last counted.
+    phases_dirty: bool,
     restarts: BTreeMap<String, Restarts>,
     started: Instant,
     /// Kept volumes whose removal was sent, and when.
@@ -84,52 +97,139 @@ pub struct SupervisorState {
 }
 
 impl SupervisorState {
+    /// The uid of sandbox `name`'s record, if it exists.
+    fn record_uid(&self, name: &str) -> Option<String> {
+        let state = self.ctx.node.state().read();
+        state.table.get(name).map(|r| r.uid.clone())
+    }
+
+    /// Brings sandbox `name`'s actor in line with its record (`uid`, or
+    /// none): stops an actor of a record that is gone or was replaced,
+    /// starts a missing one, and nudges one that is current if `nudge`.
+    async fn sync_one(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        name: &str,
+        uid: Option<&str>,
+        nudge: bool,
+    ) {
+        if let Some((running_uid, actor)) = self.sandboxes.get(name) {
+            if Some(running_uid.as_str()) == uid {
+                if nudge {
+                    let _ = actor.send_message(SandboxMsg::Nudge);
+                }
+                return;
+            }
+            actor.stop(Some("sandbox record gone".to_string()));
+            self.sandboxes.remove(name);
+        }
+        let Some(uid) = uid else {
+            self.to_spawn.remove(name);
+            return;
+        };
+        if self
+            .restarts
+            .get(name)
+            .is_some_and(|r| Instant::now() < r.not_before)
+        {
+            self.to_spawn.insert(name.to_string());
+            return;
+        }
+        let args = SandboxArgs {
+            ctx: self.ctx.clone(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+        };
+        match Actor::spawn_linked(
+            Some(sandbox_actor_name(self.ctx.node.id(), self.ctx.term, name)),
+            SandboxActor,
+            args,
+            myself.get_cell(),
+        )
+        .await
+        {
+            Ok((actor, _)) => {
+                self.to_spawn.remove(name);
+                self.sandboxes
+                    .insert(name.to_string(), (uid.to_string(), actor));
+            }
+            Err(e) => {
+                // Most often the replaced actor has not quite stopped and
+                // still holds the name: the next tick tries again.
+                tracing::debug!(sandbox = %name, error = %e, "sandbox actor not started yet");
+                self.to_spawn.insert(name.to_string());
+            }
+        }
+    }
+
+    /// Compares every record with the running actors (at the start of the
+    /// term, when the change feed lagged, and as a slow safety net).
     async fn sync_sandboxes(&mut self, myself: &ActorRef<SupervisorMsg>) {
         let wanted: BTreeMap<String, String> = {
             let state = self.ctx.node.state().read();
-            super::telemetry::count_phases(state.table.iter());
             state
                 .table
                 .iter()
                 .map(|r| (r.name.clone(), r.uid.clone()))
                 .collect()
         };
-        self.sandboxes.retain(|name, (uid, actor)| {
-            let keep = wanted.get(name) == Some(uid);
-            if !keep {
-                actor.stop(Some("sandbox record gone".to_string()));
-            }
-            keep
-        });
+        let gone: Vec<String> = self
+            .sandboxes
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.sync_one(myself, &name, None, false).await;
+        }
         for (name, uid) in wanted {
-            if self.sandboxes.contains_key(&name) {
-                continue;
-            }
-            if let Some(r) = self.restarts.get(&name) {
-                if Instant::now() < r.not_before {
-                    continue;
-                }
-            }
-            let args = SandboxArgs {
-                ctx: self.ctx.clone(),
-                name: name.clone(),
-                uid: uid.clone(),
-            };
-            match Actor::spawn_linked(
-                Some(sandbox_actor_name(self.ctx.node.id(), self.ctx.term, &name)),
-                SandboxActor,
-                args,
-                myself.get_cell(),
-            )
-            .await
-            {
-                Ok((actor, _)) => {
-                    self.sandboxes.insert(name, (uid, actor));
-                }
-                Err(e) => {
-                    tracing::debug!(sandbox = %name, error = %e, "sandbox actor not started yet")
-                }
-            }
+            self.sync_one(myself, &name, Some(&uid), false).await;
+        }
+    }
+
+    /// Reacts to what an applied batch touched: the actors of those
+    /// sandboxes re-decide now (no actor polls for changes).
+    async fn on_touched(&mut self, myself: &ActorRef<SupervisorMsg>, touched: &Touched) {
+        if touched.everything {
+            self.sync_sandboxes(myself).await;
+        }
+        if touched.everything || touched.nodes {
+            // Readiness decides placement and what a sandbox reports.
+            self.nudge_all();
+        }
+        for name in &touched.sandboxes {
+            let uid = self.record_uid(name);
+            self.sync_one(myself, name, uid.as_deref(), true).await;
+        }
+        self.phases_dirty = true;
+    }
+
+    fn nudge_all(&self) {
+        for (_, actor) in self.sandboxes.values() {
+            let _ = actor.send_message(SandboxMsg::Nudge);
+        }
+    }
+
+    /// Every tick: starts actors that could not start before, and nudges
+    /// every actor when agents connected or went away.
+    async fn tick_sandboxes(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(RESYNC_TICKS) {
+            self.sync_sandboxes(myself).await;
+        }
+        let due: Vec<String> = self.to_spawn.iter().cloned().collect();
+        for name in due {
+            let uid = self.record_uid(&name);
+            self.sync_one(myself, &name, uid.as_deref(), false).await;
+        }
+        let topology = self.ctx.directory.topology();
+        if topology != self.topology {
+            self.topology = topology;
+            self.nudge_all();
+        }
+        if std::mem::take(&mut self.phases_dirty) {
+            let state = self.ctx.node.state().read();
+            super::telemetry::count_phases(state.table.iter());
         }
     }
 
@@ -243,6 +343,9 @@ impl SupervisorState {
             return;
         };
         self.sandboxes.remove(&name);
+        // Started again by the next tick if its record still exists (after
+        // the restart delay when it failed).
+        self.to_spawn.insert(name.clone());
         if failed {
             let r = self.restarts.entry(name.clone()).or_insert(Restarts {
                 count: 0,
@@ -271,11 +374,38 @@ impl Actor for Supervisor {
         myself: ActorRef<SupervisorMsg>,
         ctx: Arc<LeaderCtx>,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        // Subscribed before the first full sync: nothing applied after it
+        // is missed. A lagging feed means "look at everything".
+        let mut feed = ctx.node.state().subscribe();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            loop {
+                let touched = match feed.recv().await {
+                    Ok(touched) => touched,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Arc::new(Touched {
+                        everything: true,
+                        ..Touched::default()
+                    }),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if me.send_message(SupervisorMsg::Touched(touched)).is_err() {
+                    return; // the tree stopped
+                }
+            }
+        });
         myself.send_interval(TICK, || SupervisorMsg::Tick);
+        myself.send_message(SupervisorMsg::Touched(Arc::new(Touched {
+            everything: true,
+            ..Touched::default()
+        })))?;
         myself.send_message(SupervisorMsg::Tick)?;
         Ok(SupervisorState {
             ctx,
             sandboxes: BTreeMap::new(),
+            to_spawn: BTreeSet::new(),
+            ticks: 0,
+            topology: 0,
+            phases_dirty: true,
             restarts: BTreeMap::new(),
             started: Instant::now(),
             volumes_inflight: BTreeMap::new(),
@@ -291,8 +421,9 @@ impl Actor for Supervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            SupervisorMsg::Touched(touched) => state.on_touched(&myself, &touched).await,
             SupervisorMsg::Tick => {
-                state.sync_sandboxes(&myself).await;
+                state.tick_sandboxes(&myself).await;
                 state
                     .ctx
                     .actors

@@ -4,8 +4,9 @@
 //! semantics for simulation).
 //!
 //! Invariant kept here: every write openraft relies on for safety (log
-//! append, vote, truncate, purge, applied state) is synced to disk before it
-//! is acknowledged.
+//! append, vote, truncate, purge) is synced to disk before it is
+//! acknowledged; applied state becomes durable with the next synced write
+//! and can always be rebuilt from the log (see `state_machine`).
 
 pub mod disk;
 mod keys;
@@ -20,7 +21,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use log_store::LogStore;
 pub use snapshot::{SnapshotError, SnapshotFile};
-pub use state_machine::{SharedState, StateMachineStore, StateView};
+pub use state_machine::{SharedState, StateMachineStore, StateView, Touched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

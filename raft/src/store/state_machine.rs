@@ -14,6 +14,7 @@
 //! a purge (synced, after every apply it covers) never removes an entry
 //! whose effect is not yet durable.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -41,19 +42,82 @@ pub struct StateView {
     pub table: State,
 }
 
-/// The applied state, shared between the state machine and readers.
-#[derive(Debug, Clone, Default)]
-pub struct SharedState(Arc<RwLock<StateView>>);
+/// What one applied batch of entries touched, for whoever reacts to
+/// changes (the leader's actors) instead of scanning the whole state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Sandboxes put or deleted, by name.
+    pub sandboxes: BTreeSet<String>,
+    /// Some node record changed (readiness, registration).
+    pub nodes: bool,
+    /// The whole state was replaced (a snapshot was installed).
+    pub everything: bool,
+}
+
+impl Touched {
+    fn is_empty(&self) -> bool {
+        self.sandboxes.is_empty() && !self.nodes && !self.everything
+    }
+
+    fn note(&mut self, change: &Change) {
+        match change {
+            Change::PutSandbox(r) => {
+                self.sandboxes.insert(r.name.clone());
+            }
+            Change::DeleteSandbox(name) => {
+                self.sandboxes.insert(name.clone());
+            }
+            Change::PutNode(_) => self.nodes = true,
+            _ => {}
+        }
+    }
+}
+
+/// Applied batches a subscriber may fall behind by before it is told it
+/// lagged (and must look at everything).
+const TOUCHED_BACKLOG: usize = 4096;
+
+/// The applied state, shared between the state machine and readers, and
+/// the feed of what each applied batch touched.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    view: Arc<RwLock<StateView>>,
+    touched: tokio::sync::broadcast::Sender<Arc<Touched>>,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        Self {
+            view: Arc::default(),
+            touched: tokio::sync::broadcast::channel(TOUCHED_BACKLOG).0,
+        }
+    }
+}
 
 impl SharedState {
     /// Read access. A poisoned lock still holds consistent data (writers
     /// replace whole values), so it is recovered rather than propagated.
     pub fn read(&self) -> RwLockReadGuard<'_, StateView> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.view.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, StateView> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        self.view.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What each batch applied from now on touches, in apply order, sent
+    /// once the batch is visible to [`SharedState::read`]. A receiver that
+    /// falls more than a few thousand batches behind gets `Lagged` and
+    /// must treat everything as touched.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Touched>> {
+        self.touched.subscribe()
+    }
+
+    fn publish(&self, touched: Touched) {
+        if !touched.is_empty() {
+            // No subscriber (not leading) is fine.
+            let _ = self.touched.send(Arc::new(touched));
+        }
     }
 }
 
@@ -79,7 +143,10 @@ impl StateMachineStore {
         let view = Self::read_view(disk.as_ref())?;
         Ok(Self {
             disk,
-            state: SharedState(Arc::new(RwLock::new(view))),
+            state: SharedState {
+                view: Arc::new(RwLock::new(view)),
+                ..SharedState::default()
+            },
             snapshot_seq: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -252,6 +319,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut batch = Batch::default();
         let mut responses = Vec::new();
+        let mut touched = Touched::default();
         // The write lock is held until the batch is on disk: no reader ever
         // sees a change that is not durable. If the write fails, the view
         // is reloaded from disk, which still holds the state before it.
@@ -268,6 +336,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
                     let (response, changes) = view.table.apply_proposal(term, index, &proposal);
                     for change in changes {
+                        touched.note(&change);
                         persist(&mut batch, change)?;
                     }
                     response
@@ -283,6 +352,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             *view = Self::read_view(self.disk.as_ref())?;
             return Err(io_write(e));
         }
+        drop(view);
+        self.state.publish(touched);
         Ok(responses)
     }
 
@@ -329,6 +400,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         berth_proto::chaos::failpoint("snapshot-before-install");
         self.disk.write(batch, true).map_err(io_write)?;
         *current = view;
+        drop(current);
+        self.state.publish(Touched {
+            everything: true,
+            ..Touched::default()
+        });
         Ok(())
     }
 
