@@ -48,6 +48,10 @@ pub type LogPos = (u64, u32);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     sandboxes: BTreeMap<String, SandboxRecord>,
+    /// How many sandboxes each node holds (derived from `sandboxes`, kept
+    /// in step by `insert` and `remove_sandbox`, so placement and listing
+    /// never scan every sandbox).
+    placed: BTreeMap<String, usize>,
     nodes: BTreeMap<String, NodeRecord>,
     requests: BTreeMap<String, RequestRecord>,
     /// Request ids by the log position that first carried them, for eviction.
@@ -171,10 +175,7 @@ impl State {
 
     /// How many sandboxes are placed on `node`.
     pub fn sandboxes_on(&self, node: &str) -> usize {
-        self.sandboxes
-            .values()
-            .filter(|r| r.node.as_deref() == Some(node))
-            .count()
+        self.placed.get(node).copied().unwrap_or(0)
     }
 
     /// All node records, ordered by name.
@@ -184,7 +185,28 @@ impl State {
 
     /// Inserts a sandbox record as loaded from storage or a snapshot.
     pub fn insert(&mut self, record: SandboxRecord) {
-        self.sandboxes.insert(record.name.clone(), record);
+        if let Some(node) = &record.node {
+            *self.placed.entry(node.clone()).or_default() += 1;
+        }
+        let old = self.sandboxes.insert(record.name.clone(), record);
+        self.unplace(old);
+    }
+
+    fn remove_sandbox(&mut self, name: &str) {
+        let old = self.sandboxes.remove(name);
+        self.unplace(old);
+    }
+
+    fn unplace(&mut self, old: Option<SandboxRecord>) {
+        let Some(node) = old.and_then(|r| r.node) else {
+            return;
+        };
+        if let Some(count) = self.placed.get_mut(&node) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.placed.remove(&node);
+            }
+        }
     }
 
     /// Inserts a node record as loaded from storage or a snapshot.
@@ -198,7 +220,7 @@ impl State {
         match change {
             Change::PutSandbox(r) => self.insert(r.clone()),
             Change::DeleteSandbox(name) => {
-                self.sandboxes.remove(name);
+                self.remove_sandbox(name);
             }
             Change::PutNode(n) => self.insert_node(n.clone()),
             Change::PutRequest(r) => self.insert_request(r.clone()),

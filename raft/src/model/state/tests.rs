@@ -59,6 +59,47 @@ fn rejected(resp: &CommandResponse) -> Option<RejectionKind> {
     }
 }
 
+/// The per-node count follows placement, replacement and removal exactly
+/// as a scan of every record would.
+#[test]
+fn sandboxes_per_node_follow_placement_and_removal() {
+    let mut state = State::default();
+    let scan = |state: &State, node: &str| {
+        state
+            .iter()
+            .filter(|r| r.node.as_deref() == Some(node))
+            .count()
+    };
+    placed_running(&mut state, "a");
+    placed_running(&mut state, "b");
+    state.apply(&create("c"));
+    state.apply(&register("n2"));
+    state.apply(&schedule("c", "n2"));
+    for (node, n) in [("n1", 2), ("n2", 1), ("n3", 0)] {
+        assert_eq!(state.sandboxes_on(node), n, "{node}");
+        assert_eq!(scan(&state, node), n, "{node}");
+    }
+    state.apply(&Command::DeleteSandbox {
+        name: "a".into(),
+        keep_volume: false,
+    });
+    state.apply(&Command::RemoveSandbox {
+        name: "a".into(),
+        uid: "uid-a".into(),
+        at_ms: 0,
+    });
+    assert!(state.get("a").is_none());
+    assert_eq!(state.sandboxes_on("n1"), 1);
+    assert_eq!(state.sandboxes_on("n2"), 1);
+    // A record rebuilt from storage counts the same.
+    let mut loaded = State::default();
+    for r in state.iter() {
+        loaded.insert(r.clone());
+    }
+    assert_eq!(loaded.sandboxes_on("n1"), 1);
+    assert_eq!(loaded.sandboxes_on("n2"), 1);
+}
+
 #[test]
 fn create_is_pending_with_a_fixed_volume() {
     let mut state = State::default();
