@@ -93,9 +93,12 @@ pub async fn run(n: usize, kills: usize) -> anyhow::Result<()> {
         // Bring the killed node back and let it catch up before the next kill.
         cluster.restart(old)?;
         let index = cluster.status(leader).await?.last_applied_index;
-        cluster
+        let caught_up = cluster
             .wait_applied(old, index, Duration::from_secs(120))
-            .await?;
+            .await;
+        if let Err(e) = caught_up {
+            anyhow::bail!("{e}\n{}", cluster.logs());
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 

@@ -77,14 +77,17 @@ impl NodeConfig {
         // (election_timeout_max: a follower that heard from a leader that
         // recently refuses to vote, so a live leader is never deposed by a
         // node that merely missed heartbeats) plus a random election
-        // timeout: 400 + 200..400 ms here. Heartbeats at 50 ms leave eight
-        // of them inside the lease. 400..800 ms (the old setting) made it
-        // 1.2..1.6 s.
+        // timeout: 800 + 400..800 ms. Halving both (50 ms heartbeats,
+        // 200..400 ms) fails over in under a second with 1,000 sandboxes,
+        // but with 10,000 the new leader's actor start delays its own
+        // heartbeats past the lease and leadership churns (measured, see
+        // docs/performance.md): Raft's tasks must first be isolated from
+        // the actors' load.
         let config = Config {
             cluster_name: "berth".to_string(),
-            heartbeat_interval: 50,
-            election_timeout_min: 200,
-            election_timeout_max: 400,
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
             install_snapshot_timeout: 2_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.logs_to_keep,
