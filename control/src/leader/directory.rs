@@ -33,15 +33,34 @@ pub enum Link {
     Connected(Option<Observed>),
 }
 
-/// The same observation, whenever it was made.
+/// The same observation, whenever it was made (every field but `seq`;
+/// compared in place: an inventory of thousands arrives every second).
 fn same(a: &Observed, b: &Observed) -> bool {
-    Observed {
-        seq: 0,
-        ..a.clone()
-    } == Observed {
-        seq: 0,
-        ..b.clone()
-    }
+    let Observed {
+        name,
+        uid,
+        revision,
+        container_id,
+        state,
+        exit_code,
+        started_at,
+        volume,
+        volume_present,
+        message,
+        seq: _,
+        pull_progress,
+    } = a;
+    *name == b.name
+        && *uid == b.uid
+        && *revision == b.revision
+        && *container_id == b.container_id
+        && *state == b.state
+        && *exit_code == b.exit_code
+        && *started_at == b.started_at
+        && *volume == b.volume
+        && *volume_present == b.volume_present
+        && *message == b.message
+        && *pull_progress == b.pull_progress
 }
 
 #[derive(Clone, Default)]
@@ -222,6 +241,38 @@ mod tests {
             state: state as i32,
             seq,
             ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn observations_are_the_same_whatever_their_seq_and_differ_in_any_other_field() {
+        let a = obs("a", ContainerState::Running, 1);
+        assert!(same(&a, &obs("a", ContainerState::Running, 9)));
+        assert!(!same(&a, &obs("a", ContainerState::Exited, 1)));
+        let changed = [
+            Observed {
+                started_at: "t2".into(),
+                ..a.clone()
+            },
+            Observed {
+                exit_code: 1,
+                ..a.clone()
+            },
+            Observed {
+                volume_present: true,
+                ..a.clone()
+            },
+            Observed {
+                pull_progress: "1/2".into(),
+                ..a.clone()
+            },
+            Observed {
+                revision: 2,
+                ..a.clone()
+            },
+        ];
+        for b in changed {
+            assert!(!same(&a, &b), "{b:?}");
         }
     }
 

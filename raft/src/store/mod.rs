@@ -35,12 +35,19 @@ pub enum OpenError {
     Load(String),
 }
 
+/// Memory all memtables may hold before the largest is flushed.
+const MEMTABLE_BUDGET: usize = 32 << 20;
+
 /// Opens (creating if needed) the node's DB and returns its log store and
 /// state machine, sharing the one DB.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    // Memtables of all column families together stay under this (RocksDB's
+    // default is 64 MiB per memtable, two per family: up to 512 MiB held
+    // in memory by a busy node before anything is flushed).
+    opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
     let cfs = disk::Cf::ALL
         .into_iter()
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
