@@ -6,7 +6,6 @@
 //! Invariant kept here: every operation is bounded by the node's request
 //! timeout and fails `Unavailable` rather than hang (invariant 8).
 
-mod batch;
 mod leader;
 
 use std::collections::{BTreeMap, HashMap};
@@ -108,8 +107,6 @@ pub struct RaftNode {
     state: SharedState,
     request_timeout: Duration,
     leader_clients: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
-    /// Group commit for the writes this node proposes as leader.
-    writes: batch::Batcher,
 }
 
 impl RaftNode {
@@ -139,7 +136,6 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
         tokio::spawn(export_metrics(raft.metrics(), config.id));
-        let writes = batch::Batcher::start(raft.clone(), leader::write_error);
         Ok(Arc::new(Self {
             id: config.id,
             addr: config.addr,
@@ -147,7 +143,6 @@ impl RaftNode {
             state,
             request_timeout: config.request_timeout,
             leader_clients: Mutex::new(HashMap::new()),
-            writes,
         }))
     }
 
