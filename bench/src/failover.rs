@@ -10,16 +10,10 @@ use std::time::{Duration, Instant};
 use berth_proto::v1::{GetSandboxRequest, GetStatusRequest, Phase, StopSandboxRequest};
 use berth_testkit::TestCluster;
 
+use crate::load::percentile as pick;
 use crate::util::{create_all, wait_phase_count};
 
 const AGENT: &str = "mem-1";
-
-fn pick(sorted: &[Duration], q: f64) -> Duration {
-    sorted
-        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
-}
 
 /// One kill of the current leader; returns (elected, adopted) and the new leader.
 async fn kill_once(

@@ -16,6 +16,14 @@ pub struct Level {
     pub p99: Duration,
 }
 
+/// The `q` quantile (0..=1) of `sorted` latencies; zero when empty.
+pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Runs `op(seq)` from `concurrency` workers for `secs` and reports the
 /// throughput and latency. A failed request fails the level: a benchmark
 /// that counts errors as work would flatter the system.
@@ -46,11 +54,7 @@ where
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort();
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pick = |q: f64| percentile(&all, q);
     Ok(Level {
         concurrency,
         ops: all.len() as u64,

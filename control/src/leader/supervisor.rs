@@ -190,12 +190,13 @@ impl SupervisorState {
     /// Reacts to what an applied batch touched: the actors of those
     /// sandboxes re-decide now (no actor polls for changes).
     async fn on_touched(&mut self, myself: &ActorRef<SupervisorMsg>, touched: &Touched) {
-        if touched.everything {
-            self.sync_sandboxes(myself).await;
-        }
         if touched.everything || touched.nodes {
             // Readiness decides placement and what a sandbox reports.
+            // Before any new actors start: a new actor reconciles anyway.
             self.nudge_all();
+        }
+        if touched.everything {
+            self.sync_sandboxes(myself).await;
         }
         for name in &touched.sandboxes {
             let uid = self.record_uid(name);
