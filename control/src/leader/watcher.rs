@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use berth_raft::RaftNode;
 use openraft::ServerState;
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorCell, ActorRef};
 
 use super::supervisor::{Supervisor, SupervisorMsg};
 use super::{Directory, LeaderCtx};
@@ -61,6 +61,7 @@ impl Leadership {
         let current = self.lock().take();
         if let Some((term, supervisor)) = current {
             tracing::info!(term, "leadership ended; killing the sandbox actors");
+            kill_in_spawn_order(&supervisor.get_cell());
             let _ = supervisor
                 .kill_and_wait(Some(Duration::from_secs(10)))
                 .await;
@@ -118,5 +119,19 @@ impl Leadership {
                 return;
             }
         }
+    }
+}
+
+/// Sends a kill to `cell` and then to each of its descendants, children in
+/// the order they were spawned (actor ids grow). ractor's own kill walks
+/// the children in hash-map order, which differs between processes, and
+/// the order actors die in decides the order agent sessions close: the
+/// simulator must see one order for a seed.
+fn kill_in_spawn_order(cell: &ActorCell) {
+    cell.kill();
+    let mut children = cell.get_children();
+    children.sort_by_key(ActorCell::get_id);
+    for child in &children {
+        kill_in_spawn_order(child);
     }
 }
