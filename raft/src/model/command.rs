@@ -139,12 +139,10 @@ pub enum Command {
     /// Changes nothing but the audit trail: an exec into sandbox `name`,
     /// recorded before the command runs.
     RecordExec { name: String, command: Vec<String> },
-    /// Several proposals committed as one log entry (group commit). Each is
-    /// applied in order exactly as if it had an entry of its own; the
-    /// response is a [`CommandResponse::Batch`]; a batch never nests.
-    /// No writer builds one yet: the leader's batching writer was
-    /// withdrawn because it made simulator seeds irreproducible (see
-    /// docs/performance.md); the state machine's side is kept, and tested.
+    /// Several proposals committed as one log entry (group commit, see
+    /// `node::batch`). Each is applied in order exactly as if it had an
+    /// entry of its own; the response is a [`CommandResponse::Batch`].
+    /// Only the leader's batcher builds one; a batch never nests.
     Batch { proposals: Vec<Proposal> },
 }
 

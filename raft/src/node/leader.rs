@@ -89,7 +89,7 @@ fn leader_error<E: std::fmt::Display>(
     }
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> NodeError {
+pub(super) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> NodeError {
     leader_error(e, |api| match api {
         ClientWriteError::ForwardToLeader(f) => Some(f.leader_id.unwrap_or_default()),
         ClientWriteError::ChangeMembershipError(_) => None,
@@ -148,12 +148,8 @@ impl RaftNode {
         match op {
             LeaderOp::Write(proposal) => {
                 self.check_quorum_contact()?;
-                let response = self
-                    .raft
-                    .client_write(proposal)
-                    .await
-                    .map_err(write_error)?;
-                Ok(LeaderReply::Written(Box::new(response.data)))
+                let response = self.writes.write(proposal).await?;
+                Ok(LeaderReply::Written(Box::new(response)))
             }
             LeaderOp::ReadIndex => {
                 let read_log_id = self.raft.ensure_linearizable().await.map_err(|e| match e {

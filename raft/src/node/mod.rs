@@ -6,6 +6,7 @@
 //! Invariant kept here: every operation is bounded by the node's request
 //! timeout and fails `Unavailable` rather than hang (invariant 8).
 
+mod batch;
 mod leader;
 
 use std::collections::{BTreeMap, HashMap};
@@ -107,6 +108,8 @@ pub struct RaftNode {
     state: SharedState,
     request_timeout: Duration,
     leader_clients: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    /// Group commit for the writes this node proposes as leader.
+    writes: batch::Batcher,
 }
 
 impl RaftNode {
@@ -136,6 +139,7 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
         tokio::spawn(export_metrics(raft.metrics(), config.id));
+        let writes = batch::Batcher::start(raft.clone(), leader::write_error);
         Ok(Arc::new(Self {
             id: config.id,
             addr: config.addr,
@@ -143,6 +147,7 @@ impl RaftNode {
             state,
             request_timeout: config.request_timeout,
             leader_clients: Mutex::new(HashMap::new()),
+            writes,
         }))
     }
 
