@@ -18,7 +18,7 @@
 //! higher (update) or lower (rollback), replaces the container on the same
 //! volume. `pull` only makes the image local.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,12 +30,14 @@ use bollard::models::{
     VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 
+use super::container_inventory::Watch;
+pub use super::container_inventory::RESYNC;
 use super::container_observed::{
     absent, check_uid, engine, engine_reason, is_gone, is_running, label, observed_of, status,
 };
@@ -62,6 +64,8 @@ pub struct ContainerDriver {
     pull_timeout: Duration,
     /// Pulls in progress: image -> one line of progress.
     pulls: std::sync::Mutex<HashMap<String, String>>,
+    /// The inventory's cache and what invalidates it.
+    pub(super) watch: Watch,
 }
 
 impl ContainerDriver {
@@ -76,7 +80,20 @@ impl ContainerDriver {
             policy_dir: data_dir.join(POLICY_SUBDIR),
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             pulls: std::sync::Mutex::new(HashMap::new()),
+            watch: Watch::new(RESYNC),
         }
+    }
+
+    /// Inspects every container at least this often (default [`RESYNC`]).
+    pub fn with_resync(mut self, every: Duration) -> Self {
+        self.watch = Watch::new(every);
+        self
+    }
+
+    /// Containers inspected by this driver's inventories so far: the
+    /// engine load that heartbeats cost.
+    pub fn inventory_inspects(&self) -> u64 {
+        self.watch.inspects()
     }
 
     fn set_progress(&self, image: &str, line: Option<String>) {
@@ -113,7 +130,10 @@ impl ContainerDriver {
     /// briefly reports a state ("stopped") that the Docker API schema does
     /// not know while a container is being stopped; such answers are
     /// retried for a bounded time instead of failing the command.
-    async fn inspect_id(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DriverError> {
+    pub(super) async fn inspect_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DriverError> {
         let mut attempts = 0;
         loop {
             match self.docker.inspect_container(id, None).await {
@@ -360,47 +380,12 @@ impl Driver for ContainerDriver {
     }
 
     async fn inventory(&self) -> Result<Vec<Observed>, DriverError> {
-        let filters = HashMap::from([("label", vec![LABEL_SANDBOX])]);
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| engine("list containers", e))?;
-        let opts = ListVolumesOptionsBuilder::new().filters(&filters).build();
-        let volumes = self
-            .docker
-            .list_volumes(Some(opts))
-            .await
-            .map_err(|e| engine("list volumes", e))?
-            .volumes
-            .unwrap_or_default();
-        let present: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
-        let mut out = Vec::new();
-        for id in list.iter().filter_map(|c| c.id.as_deref()) {
-            let Some(c) = self.inspect_id(id).await? else {
-                continue; // removed meanwhile
-            };
-            let name = label(&c, LABEL_SANDBOX).to_string();
-            let mut o = observed_of(&name, &c);
-            o.volume_present = present.contains(o.volume.as_str());
-            out.push(o);
-        }
-        let used: HashSet<String> = out.iter().map(|o| o.volume.clone()).collect();
-        for v in volumes.iter().filter(|v| !used.contains(&v.name)) {
-            let get = |k: &str| v.labels.get(k).map(String::as_str).unwrap_or_default();
-            let mut o = absent(get(LABEL_SANDBOX), get(LABEL_UID), &v.name);
-            o.volume_present = true;
-            out.push(o);
-        }
-        Ok(out)
+        self.cached_inventory().await
     }
 
     async fn ensure(&self, e: &Ensure) -> Result<Observed, DriverError> {
         validate_name("sandbox name", &e.name)?;
+        let _changing = self.watch.touch(&e.name);
         validate_name("volume name", &e.volume)?;
         if e.image.is_empty() {
             return Err(DriverError::Invalid("image is empty".into()));
@@ -438,6 +423,7 @@ impl Driver for ContainerDriver {
     }
 
     async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError> {
+        let _changing = self.watch.touch(name);
         if let Some(c) = self.inspect(name).await? {
             check_uid(name, uid, &c)?;
             if is_running(&c) {
@@ -448,6 +434,7 @@ impl Driver for ContainerDriver {
     }
 
     async fn remove(&self, r: &Remove) -> Result<Observed, DriverError> {
+        let _changing = self.watch.touch(&r.name);
         let mut volume = r.volume.clone();
         match self.inspect(&r.name).await? {
             // Another sandbox of the same name (a new one, after this one

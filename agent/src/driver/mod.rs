@@ -22,6 +22,7 @@ use futures::Stream;
 
 pub mod container_driver;
 mod container_exec;
+mod container_inventory;
 mod container_observed;
 pub(crate) mod container_policy;
 pub mod engine;
