@@ -89,6 +89,10 @@ struct Args {
     /// Longest an image pull may take before it fails (e.g. 10m, 90s).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pull_timeout: std::time::Duration,
+    /// With the container driver, inspect every container at least this
+    /// often (between resyncs only changed ones are; 1ms: every heartbeat).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    inventory_resync: std::time::Duration,
     /// Container engine socket (unix:///path); default: find or start one.
     #[arg(long, env = "BERTH_ENGINE")]
     engine: Option<String>,
@@ -187,7 +191,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         DriverKind::Container => Arc::new(
             ContainerDriver::connect(args.engine.as_deref(), &args.data_dir)
                 .await?
-                .with_pull_timeout(args.pull_timeout),
+                .with_pull_timeout(args.pull_timeout)
+                .with_resync(args.inventory_resync),
         ),
         DriverKind::Kube => Arc::new(
             KubeDriver::connect(KubeConfig {

@@ -1,7 +1,8 @@
 //! The container driver's inventory against the real engine (Podman here):
 //! an idle heartbeat inspects no container, a change behind the driver's
-//! back is still seen at once (through the listing's state or the engine's
-//! event stream), and a resync inspects everything. A binary of its own:
+//! back is still seen at once (through the engine's event stream), a
+//! change the driver makes is seen at the very next heartbeat, and a
+//! resync inspects everything. A binary of its own:
 //! the inventory lists every berth container on the engine, so another
 //! test's containers would be counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use berth_agent::driver::{ContainerDriver, Driver};
-use berth_proto::agent_v1::ContainerState;
+use berth_proto::agent_v1::{ContainerState, Observed};
 use common::*;
 
 const SANDBOXES: usize = 4;
@@ -54,14 +55,13 @@ async fn scenario(names: &[String]) {
     }
     assert_eq!(d.inventory_inspects(), base, "idle inventories inspected");
 
-    // A container killed behind the driver's back: the listing's state
-    // differs, so the next inventory inspects that one container.
+    // A container killed behind the driver's back: the engine's event
+    // names it, and the next inventory inspects that one container.
     let killed = &names[0];
     assert!(podman(&["kill", &format!("berth-{killed}")])
         .status
         .success());
-    wait_until(|| podman_state(killed) != "running").await;
-    let seen = inventory_entry(&d, killed).await;
+    let seen = seen_when(&d, killed, |o| o.state == ContainerState::Exited as i32).await;
     assert_eq!(seen.state, ContainerState::Exited as i32, "{seen:?}");
     let after_kill = d.inventory_inspects();
     assert!(after_kill - base <= 2, "{}", after_kill - base);
@@ -75,18 +75,7 @@ async fn scenario(names: &[String]) {
             .status
             .success()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let now = loop {
-        let now = inventory_entry(&d, restarted).await;
-        if now.started_at != before.started_at {
-            break now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the restart was never seen: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let now = seen_when(&d, restarted, |o| o.started_at != before.started_at).await;
     assert_running(&now);
     let spent = d.inventory_inspects() - after_kill;
     assert!(
@@ -94,11 +83,23 @@ async fn scenario(names: &[String]) {
         "{spent} inspects to see one restart: a full resync, not the event"
     );
 
-    // A command this driver runs marks its sandbox changed.
+    // A command this driver runs marks its sandbox changed: the very next
+    // inventory has it.
     let stopped = d.stop(&names[2], "uid-1").await.unwrap();
     let seen = inventory_entry(&d, &names[2]).await;
     assert_eq!(seen.state, ContainerState::Exited as i32, "{seen:?}");
     assert_eq!(seen.container_id, stopped.container_id);
+
+    // A container removed behind the driver's back is forgotten (its
+    // volume is reported on its own).
+    let removed = &names[3];
+    assert!(
+        podman(&["rm", "-f", "-t", "0", &format!("berth-{removed}")])
+            .status
+            .success()
+    );
+    let gone = seen_when(&d, removed, |o| o.state == ContainerState::Absent as i32).await;
+    assert!(gone.volume_present, "{gone:?}");
 
     // A resync every time inspects every container every time.
     let always = ContainerDriver::connect(None, data.path())
@@ -109,25 +110,21 @@ async fn scenario(names: &[String]) {
     let one = always.inventory_inspects();
     always.inventory().await.unwrap();
     assert_eq!(always.inventory_inspects(), 2 * one);
-    assert!(one >= SANDBOXES as u64);
+    assert!(one >= SANDBOXES as u64 - 1, "{one}"); // one was removed
 }
 
-fn podman_state(name: &str) -> String {
-    let out = podman(&[
-        "inspect",
-        "-f",
-        "{{.State.Status}}",
-        &format!("berth-{name}"),
-    ]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-async fn wait_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if done() {
-            return;
+/// Inventories until `name`'s entry satisfies `done` (at most 20 s).
+async fn seen_when(d: &ContainerDriver, name: &str, done: impl Fn(&Observed) -> bool) -> Observed {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = inventory_entry(d, name).await;
+        if done(&now) {
+            return now;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never seen: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("condition not reached in 10 s");
 }

@@ -8,6 +8,9 @@
 //! berth-bench update [ROUNDS=5]    berth update v1<->v2 next to the same replacement by hand with Podman
 //! berth-bench scale [N=10000]      N sandboxes on one leader (in-memory driver): idle leader
 //!                                  CPU, RSS per sandbox, write rate full vs empty
+//! berth-bench agent [N=1000] [memory|podman]
+//!                                  N idle sandboxes on one agent: the agent's CPU (and with
+//!                                  Podman the engine's), inspecting what changed vs everything
 //! berth-bench writes [--against-etcd] [--secs 10] [--levels 1,16,64,256]
 //!                                  CreateSandbox throughput and latency per concurrency
 //!                                  level, next to etcd's Put in the same run
@@ -17,9 +20,11 @@
 //! Build first: `cargo build --workspace --bins`; run from the target dir
 //! so the harness finds `berthd` and `berth-agent` next to this binary.
 
+mod agent;
 mod etcd;
 mod failover;
 mod load;
+mod proc;
 mod sandboxes;
 mod scale;
 mod update;
@@ -38,10 +43,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("update") => update::run(n(5)).await,
         Some("scale") => scale::run(n(10_000)).await,
+        Some("agent") => {
+            let driver = args.get(2).map_or("memory", String::as_str);
+            agent::run(n(1000), driver).await
+        }
         Some("writes") => writes::run(writes_options(&args[1..])?).await,
         _ => {
             eprintln!(
                 "usage: berth-bench sandboxes [N] | failover [N] [KILLS] | update [ROUNDS] | scale [N] \
+                 | agent [N] [memory|podman] \
                  | writes [--against-etcd] [--secs S] [--levels 1,16,64,256]"
             );
             std::process::exit(2);

@@ -1,26 +1,28 @@
 //! The container driver's inventory at a bounded engine cost.
 //!
 //! Inspecting every container on every heartbeat cost the engine one
-//! request per container per second. Now a heartbeat lists containers and
-//! volumes (two requests, however many there are) and inspects only the
-//! containers that may have changed since they were last inspected:
-//! - containers it has not inspected before (a new id);
-//! - containers the listing shows in another state than the inspect did;
-//! - containers the engine's event stream (`/events`, type container)
-//!   named since the last heartbeat;
-//! - containers of a sandbox this driver began or finished changing since
-//!   the last heartbeat ([`Watch::touch`]);
+//! request per container per second (and listing them costs Podman nearly
+//! as much). Now the engine's event stream (`/events`, type container)
+//! says what changed, and a heartbeat inspects only:
+//! - the containers events named since the last heartbeat (a new one, a
+//!   stopped one, a removed one: inspected, or forgotten when gone);
+//! - the sandboxes this driver began or finished changing since
+//!   ([`Watch::touch`]), looked up by container name;
+//! - every [`LIST_EVERY`], with a listing: also containers it has not
+//!   inspected yet and those the listing shows in another state;
 //! - every container every [`RESYNC`], and at the next heartbeat whenever
-//!   the event stream ended or failed (events may have been missed).
+//!   the event stream ended or failed or an inventory failed midway.
+//!
+//! Volumes are listed on every heartbeat (one cheap request).
 //!
 //! Invariant kept here (the `Observed.seq` order, see `commands::next_seq`):
 //! an inventory stamped with seq S reports a container from an earlier
-//! inspect only if nothing this agent did to it, nothing the engine listed
-//! and nothing the engine's events said changed it since that inspect.
-//! Every change berth makes is marked before and after it runs, so a
-//! heartbeat never reports a state older than a command result it follows.
+//! inspect only if nothing this agent did to it, and nothing the engine's
+//! events or listing said, changed it since that inspect. Every change
+//! berth makes is marked before and after it runs, so a heartbeat never
+//! reports a state older than a command result it follows.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,11 +37,13 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::container_driver::ContainerDriver;
-use super::container_observed::{absent, engine, observed_of, LABEL_SANDBOX, LABEL_UID};
-use super::DriverError;
+use super::container_observed::{absent, engine, label, observed_of, LABEL_SANDBOX, LABEL_UID};
+use super::{container_name, DriverError};
 
 /// Every container is inspected again at least this often.
 pub const RESYNC: Duration = Duration::from_secs(30);
+/// Containers are listed at least this often (and at every resync).
+pub const LIST_EVERY: Duration = Duration::from_secs(10);
 /// Most changed ids remembered between two heartbeats.
 const MAX_CHANGED_IDS: usize = 10_000;
 /// Wait before subscribing again after the event stream ended.
@@ -68,14 +72,26 @@ pub(super) struct Watch {
 #[derive(Default)]
 struct Cache {
     /// By container id: what the listing said and what the inspect said.
-    seen: HashMap<String, Seen>,
+    seen: BTreeMap<String, Seen>,
+    last_list: Option<Instant>,
     last_full: Option<Instant>,
     events: Option<EventsTask>,
 }
 
 struct Seen {
-    listed_state: String,
+    /// The state the last listing gave (`None`: inspected between
+    /// listings, so the next listing inspects it once more).
+    listed_state: Option<String>,
     observed: Observed,
+}
+
+impl Seen {
+    fn unlisted(observed: Observed) -> Self {
+        Self {
+            listed_state: None,
+            observed,
+        }
+    }
 }
 
 /// The event-stream task; aborted when the driver drops.
@@ -144,13 +160,29 @@ impl ContainerDriver {
         }
         let started = Instant::now();
         let changes = std::mem::take(&mut *lock(&watch.changes));
-        let full = changes.missed
-            || cache
-                .last_full
-                .is_none_or(|at| started.duration_since(at) >= watch.resync);
-
+        let due = |at: Option<Instant>, every: Duration| {
+            at.is_none_or(|at| started.duration_since(at) >= every)
+        };
+        let full = changes.missed || due(cache.last_full, watch.resync);
+        let listing = full || due(cache.last_list, watch.resync.min(LIST_EVERY));
         let filters = HashMap::from([("label", vec![LABEL_SANDBOX])]);
-        let list = self.list_containers(&filters).await?;
+        let refreshed = if listing {
+            self.refresh_listed(&mut cache, &filters, &changes, full)
+                .await
+        } else {
+            self.refresh_changed(&mut cache, &changes).await
+        };
+        if let Err(e) = refreshed {
+            // The changes taken were not all applied: start over in full.
+            lock(&watch.changes).missed = true;
+            return Err(e);
+        }
+        if listing {
+            cache.last_list = Some(started);
+        }
+        if full {
+            cache.last_full = Some(started);
+        }
         let opts = ListVolumesOptionsBuilder::new().filters(&filters).build();
         let volumes = self
             .docker
@@ -160,49 +192,10 @@ impl ContainerDriver {
             .volumes
             .unwrap_or_default();
 
-        let mut seen = HashMap::with_capacity(list.len());
-        let mut order = Vec::with_capacity(list.len());
-        for c in &list {
-            let Some(id) = c.id.as_deref() else { continue };
-            let listed_state = c.state.map(|s| s.to_string()).unwrap_or_default();
-            let name = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_SANDBOX))
-                .map(String::as_str)
-                .unwrap_or_default();
-            let kept = cache.seen.remove(id).filter(|s| {
-                !full
-                    && s.listed_state == listed_state
-                    && !changes.ids.contains(id)
-                    && !changes.names.contains(name)
-            });
-            let entry = match kept {
-                Some(entry) => entry,
-                None => {
-                    watch.inspects.fetch_add(1, Ordering::Relaxed);
-                    let Some(inspected) = self.inspect_id(id).await? else {
-                        continue; // removed meanwhile
-                    };
-                    let name = super::container_observed::label(&inspected, LABEL_SANDBOX);
-                    Seen {
-                        listed_state,
-                        observed: observed_of(name, &inspected),
-                    }
-                }
-            };
-            order.push(id.to_string());
-            seen.insert(id.to_string(), entry);
-        }
-        cache.seen = seen;
-        if full {
-            cache.last_full = Some(started);
-        }
-
         let present: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
-        let mut out: Vec<Observed> = order
-            .iter()
-            .filter_map(|id| cache.seen.get(id))
+        let mut out: Vec<Observed> = cache
+            .seen
+            .values()
             .map(|s| {
                 let mut o = s.observed.clone();
                 o.volume_present = present.contains(o.volume.as_str());
@@ -217,6 +210,91 @@ impl ContainerDriver {
             out.push(o);
         }
         Ok(out)
+    }
+
+    /// With a listing: every listed container, inspected again if `full`,
+    /// new, listed in another state, or named by `changes`.
+    async fn refresh_listed(
+        &self,
+        cache: &mut Cache,
+        filters: &HashMap<&str, Vec<&str>>,
+        changes: &Changes,
+        full: bool,
+    ) -> Result<(), DriverError> {
+        let list = self.list_containers(filters).await?;
+        let mut seen = BTreeMap::new();
+        for c in &list {
+            let Some(id) = c.id.as_deref() else { continue };
+            let listed_state = c.state.map(|s| s.to_string());
+            let name = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SANDBOX))
+                .map(String::as_str)
+                .unwrap_or_default();
+            let kept = cache.seen.remove(id).filter(|s| {
+                !full
+                    && s.listed_state == listed_state
+                    && !changes.ids.contains(id)
+                    && !changes.names.contains(name)
+            });
+            let entry = match kept {
+                Some(entry) => entry,
+                None => match self.inspect_counted(id).await? {
+                    Some((_, observed)) => Seen {
+                        listed_state,
+                        observed,
+                    },
+                    None => continue, // removed meanwhile
+                },
+            };
+            seen.insert(id.to_string(), entry);
+        }
+        cache.seen = seen;
+        Ok(())
+    }
+
+    /// Between listings: inspects the sandboxes this driver changed (by
+    /// container name: a replaced container has a new id) and the
+    /// containers events named, and forgets those that are gone.
+    async fn refresh_changed(
+        &self,
+        cache: &mut Cache,
+        changes: &Changes,
+    ) -> Result<(), DriverError> {
+        let mut done = HashSet::new();
+        for name in &changes.names {
+            let found = self.inspect_counted(&container_name(name)).await?;
+            let found_id = found.as_ref().map(|(id, _)| id.clone());
+            cache
+                .seen
+                .retain(|id, s| s.observed.name != *name || Some(id) == found_id.as_ref());
+            if let Some((id, observed)) = found {
+                done.insert(id.clone());
+                cache.seen.insert(id, Seen::unlisted(observed));
+            }
+        }
+        for id in changes.ids.iter().filter(|id| !done.contains(*id)) {
+            match self.inspect_counted(id).await? {
+                Some((id, observed)) if !observed.name.is_empty() => {
+                    cache.seen.insert(id, Seen::unlisted(observed));
+                }
+                // Gone, or not a sandbox's container.
+                _ => {
+                    cache.seen.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inspects one container for the inventory: its id and observation.
+    async fn inspect_counted(&self, id: &str) -> Result<Option<(String, Observed)>, DriverError> {
+        self.watch.inspects.fetch_add(1, Ordering::Relaxed);
+        Ok(self.inspect_id(id).await?.map(|c| {
+            let name = label(&c, LABEL_SANDBOX);
+            (c.id.clone().unwrap_or_default(), observed_of(name, &c))
+        }))
     }
 }
 
