@@ -41,6 +41,15 @@ pub struct CommandRunner {
     fence: Arc<Fence>,
     lanes: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
     pulls: Pulls,
+    activity: Arc<Mutex<Activity>>,
+}
+
+/// Commands running now, and commands finished so far: a heartbeat may say
+/// "unchanged" only if none ran since the last full one (see `session`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub running: u64,
+    pub finished: u64,
 }
 
 /// The fencing decision for a command with `term`: `None` to go ahead (the
@@ -69,7 +78,13 @@ impl CommandRunner {
             fence,
             lanes: Mutex::new(HashMap::new()),
             pulls: Pulls::default(),
+            activity: Arc::default(),
         }
+    }
+
+    /// Commands running now and finished so far (see [`Activity`]).
+    pub fn activity(&self) -> Activity {
+        *self.activity.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks every sandbox whose image pull runs now with its progress, so
@@ -107,7 +122,12 @@ impl CommandRunner {
         // A lane whose worker is gone is replaced (at most once).
         for _ in 0..2 {
             let lane = lanes.entry(name.clone()).or_insert_with(|| {
-                spawn_lane(self.driver.clone(), self.fence.clone(), self.pulls.clone())
+                spawn_lane(
+                    self.driver.clone(),
+                    self.fence.clone(),
+                    self.pulls.clone(),
+                    self.activity.clone(),
+                )
             });
             match lane.send(job) {
                 Ok(()) => return,
@@ -125,7 +145,10 @@ fn spawn_lane(
     driver: Arc<dyn Driver>,
     fence: Arc<Fence>,
     pulls: Pulls,
+    activity: Arc<Mutex<Activity>>,
 ) -> mpsc::UnboundedSender<Job> {
+    let update =
+        move |f: fn(&mut Activity)| f(&mut activity.lock().unwrap_or_else(|p| p.into_inner()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
@@ -137,7 +160,12 @@ fn spawn_lane(
                 let mut map = pulls.lock().unwrap_or_else(|p| p.into_inner());
                 map.insert(uid.clone(), p.image.clone());
             }
+            update(|a| a.running += 1);
             let result = execute(driver.as_ref(), &fence, job.command).await;
+            update(|a| {
+                a.running -= 1;
+                a.finished += 1;
+            });
             if let Some(uid) = pulling {
                 let mut map = pulls.lock().unwrap_or_else(|p| p.into_inner());
                 map.remove(&uid);

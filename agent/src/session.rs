@@ -5,7 +5,8 @@
 //!    └ connect ─ send Register{inventory, highest_term}
 //!        ├ Redirect{leader_addr} ─▶ prefer leader_addr, reconnect at once
 //!        └ Registered{term} ─▶ fence.observe(term)
-//!             ├ every 1 s: Heartbeat{inventory}
+//!             ├ every 1 s: Heartbeat{inventory}, or {unchanged} when nothing
+//!             │  changed and no command ran (a full one every 10 s)
 //!             └ Command ─▶ CommandRunner (fenced, serialized per sandbox)
 //!  stream error/end ─▶ back off (200 ms doubling to 2 s) ─▶ reconnect
 //! ```
@@ -24,11 +25,13 @@ use berth_proto::agent_v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::commands::CommandRunner;
+use crate::commands::{Activity, CommandRunner};
 use crate::driver::Driver;
 use crate::fence::Fence;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// At least every this many heartbeats is a full one.
+const FULL_EVERY: u32 = 10;
 const FIRST_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -230,6 +233,7 @@ impl Session {
             self.driver.clone(),
             self.runner.clone(),
             tx.clone(),
+            accepted.accepts_unchanged,
             inventory,
             inventory_seq,
         ));
@@ -265,18 +269,29 @@ impl Drop for ConnectedGauge {
 /// Send `Heartbeat{inventory}` every second until the session closes. If
 /// the engine cannot be listed, the last good inventory is repeated (an
 /// empty one would read as "everything vanished").
+///
+/// To a leader that `accepts_unchanged`, a heartbeat whose inventory is
+/// the same as the last full one sent says only `unchanged`, if no command
+/// ran or finished since that full one's listing began (a command's result
+/// may have given the leader a newer observation than the heartbeat's);
+/// every [`FULL_EVERY`]th heartbeat is full regardless.
 async fn heartbeats(
     driver: Arc<dyn Driver>,
     runner: Arc<CommandRunner>,
     tx: mpsc::Sender<AgentMessage>,
+    accepts_unchanged: bool,
     mut last: Vec<Observed>,
     mut last_seq: u64,
 ) {
     let start = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
     let mut tick = tokio::time::interval_at(start, HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last full heartbeat: what it said, and the activity before it.
+    let mut sent: Option<(Vec<Observed>, Activity)> = None;
+    let mut since_full = 0;
     loop {
         tick.tick().await;
+        let activity = runner.activity();
         let seq = crate::commands::next_seq();
         match driver.inventory().await {
             Ok(mut inv) => {
@@ -288,9 +303,27 @@ async fn heartbeats(
         }
         let mut inventory = last.clone();
         runner.annotate(&mut inventory);
-        let hb = Heartbeat {
-            inventory,
-            seq: last_seq,
+        since_full += 1;
+        let unchanged = accepts_unchanged
+            && since_full < FULL_EVERY
+            && activity.running == 0
+            && sent.as_ref().is_some_and(|(previous, before)| {
+                *before == activity && same_inventory(previous, &inventory)
+            });
+        let hb = if unchanged {
+            Heartbeat {
+                inventory: Vec::new(),
+                seq: last_seq,
+                unchanged: true,
+            }
+        } else {
+            since_full = 0;
+            sent = Some((inventory.clone(), activity));
+            Heartbeat {
+                inventory,
+                seq: last_seq,
+                unchanged: false,
+            }
         };
         if tx
             .send(message(agent_message::Msg::Heartbeat(hb)))
@@ -300,6 +333,16 @@ async fn heartbeats(
             return;
         }
     }
+}
+
+/// Every observation equal but for its seq, in the same order.
+fn same_inventory(a: &[Observed], b: &[Observed]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let mut y = y.clone();
+            y.seq = x.seq;
+            *x == y
+        })
 }
 
 /// An error with its sources ("connect failed: transport error: refused").

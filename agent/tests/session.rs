@@ -1,7 +1,8 @@
 //! The control session against fake control nodes over real loopback gRPC:
 //! a follower redirects to the leader, the leader registers the agent at
 //! its term, stale commands (Ensure and Pull) are refused, fresh ones run,
-//! heartbeats flow,
+//! heartbeats flow (saying only "unchanged" when nothing changed and no
+//! command ran, to a leader that accepts it),
 //! and a dropped stream makes the agent reconnect with its raised term.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +15,7 @@ use berth_agent::session::{Session, SessionConfig};
 use berth_proto::agent_v1::agent_control_server::{AgentControl, AgentControlServer};
 use berth_proto::agent_v1::{
     agent_message::Msg as Up, command::Op, control_message::Msg as Down, AgentMessage, Command,
-    CommandResult, ControlMessage, Ensure, Pull, Redirect, Registered,
+    CommandResult, ContainerState, ControlMessage, Ensure, Heartbeat, Pull, Redirect, Registered,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -162,9 +163,11 @@ async fn scenario() {
         up.message().await.unwrap().unwrap().msg,
         Some(Up::Register(_))
     ));
+    // A leader that predates `Heartbeat.unchanged`: every heartbeat is full.
     let registered = Registered {
         leader_id: 2,
         term: 5,
+        accepts_unchanged: false,
     };
     tx.send(down(Down::Registered(registered))).await.unwrap();
     let mut heartbeats = 0;
@@ -206,6 +209,7 @@ async fn scenario() {
         }
     };
     assert_eq!(hb.inventory.len(), 1);
+    assert!(!hb.unchanged);
 
     // The leader goes away: the agent reconnects (round-robin) and
     // registers with the raised term; nothing was deleted.
@@ -220,5 +224,96 @@ async fn scenario() {
     };
     assert_eq!(reg.highest_term, 6);
     assert_eq!(reg.inventory.len(), 1);
+    running.abort();
+}
+
+/// The next `n` heartbeats, failing on anything else.
+async fn next_heartbeats(up: &mut Streaming<AgentMessage>, n: usize) -> Vec<Heartbeat> {
+    let mut beats = Vec::new();
+    while beats.len() < n {
+        match up.message().await.unwrap().unwrap().msg {
+            Some(Up::Heartbeat(hb)) => beats.push(hb),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    beats
+}
+
+/// The first full heartbeat among the next two (one may have been on its
+/// way before the change).
+async fn next_full(up: &mut Streaming<AgentMessage>) -> Heartbeat {
+    next_heartbeats(up, 2)
+        .await
+        .into_iter()
+        .find(|hb| !hb.unchanged)
+        .expect("a full heartbeat within two")
+}
+
+#[tokio::test]
+async fn heartbeats_say_unchanged_only_when_nothing_changed_or_ran() {
+    tokio::time::timeout(Duration::from_secs(30), unchanged_scenario())
+        .await
+        .expect("unchanged scenario timed out");
+}
+
+async fn unchanged_scenario() {
+    let (leader, mut sessions) = fake_control().await;
+    let data = tempfile::tempdir().unwrap();
+    let fence = Arc::new(Fence::load(data.path()).unwrap());
+    let driver = Arc::new(MemoryDriver::new());
+    let cfg = SessionConfig {
+        control: vec![leader],
+        node_name: "node-b".into(),
+        instance_id: "instance-b".into(),
+        data_addr: "127.0.0.1:7102".into(),
+        cpus: 2,
+        memory_bytes: 1 << 30,
+        control_identity: berth_tls::Identity::Server {
+            cluster: "berth".into(),
+        },
+    };
+    let session = Arc::new(Session::new(cfg, driver.clone(), fence));
+    let running = tokio::spawn(async move { session.run().await });
+    let (mut up, tx) = sessions.recv().await.unwrap();
+    assert!(matches!(
+        up.message().await.unwrap().unwrap().msg,
+        Some(Up::Register(_))
+    ));
+    let registered = Registered {
+        leader_id: 1,
+        term: 1,
+        accepts_unchanged: true,
+    };
+    tx.send(down(Down::Registered(registered))).await.unwrap();
+    tx.send(down(ensure(1, 1))).await.unwrap();
+    let r = next_result(&mut up, &mut 0).await;
+    assert!(r.ok, "{r:?}");
+
+    // After the command, one full heartbeat; then, nothing changing, only
+    // "unchanged" with no inventory.
+    let full = next_full(&mut up).await;
+    assert_eq!(full.inventory.len(), 1);
+    assert_eq!(full.inventory[0].state, ContainerState::Running as i32);
+    let beats = next_heartbeats(&mut up, 3).await;
+    assert!(
+        beats
+            .iter()
+            .all(|hb| hb.unchanged && hb.inventory.is_empty()),
+        "{beats:?}"
+    );
+
+    // A change no command made: the next heartbeat is full.
+    driver.stop("s1", "u1").await.unwrap();
+    let full = next_full(&mut up).await;
+    assert_eq!(full.inventory[0].state, ContainerState::Exited as i32);
+    assert!(next_heartbeats(&mut up, 1).await[0].unchanged);
+
+    // A command that changes nothing still makes the next one full: its
+    // result may have told the leader something newer than a heartbeat.
+    tx.send(down(pull(2, 1))).await.unwrap();
+    assert!(next_result(&mut up, &mut 0).await.ok);
+    let again = next_full(&mut up).await;
+    assert_eq!(again.inventory.len(), 1);
+    assert_eq!(again.inventory[0].state, ContainerState::Exited as i32);
     running.abort();
 }

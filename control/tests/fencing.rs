@@ -98,6 +98,7 @@ impl AgentControl for DeposedLeader {
             .send(send(control_message::Msg::Registered(Registered {
                 leader_id: 1,
                 term: self.claimed_term,
+                accepts_unchanged: false,
             })))
             .await;
         let ensure = Ensure {

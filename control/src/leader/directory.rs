@@ -176,6 +176,23 @@ impl Directory {
         changed
     }
 
+    /// Records that `node`'s session `session` reported its inventory
+    /// unchanged; false (nothing recorded) if it has no inventory yet, or
+    /// the session is not the live one.
+    pub fn heard(&self, node: &str, session: u64) -> bool {
+        let mut nodes = self.write();
+        match nodes
+            .get_mut(node)
+            .filter(|n| n.session == session && n.inventory.is_some())
+        {
+            Some(live) => {
+                live.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Records the observation a command result carried for sandbox `uid`,
     /// unless a newer one is already known. An observation of another uid
     /// (what a command found under the sandbox's name) is not about it.
@@ -321,6 +338,23 @@ mod tests {
             panic!()
         };
         assert_eq!(a.seq, 12);
+        actor.stop(None);
+    }
+
+    /// An "unchanged" heartbeat keeps the inventory and the node live, but
+    /// only for the live session and only once an inventory exists.
+    #[tokio::test]
+    async fn an_unchanged_heartbeat_keeps_the_inventory_of_the_live_session_only() {
+        let (actor, dir) = connected().await;
+        assert!(!dir.heard("n", 1), "no inventory yet: nothing to keep");
+        dir.set_inventory("n", 1, vec![obs("a", ContainerState::Running, 5)], 5);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = dir.silent_for("n").unwrap();
+        assert!(dir.heard("n", 1));
+        assert!(dir.silent_for("n").unwrap() < before);
+        assert!(matches!(dir.link("n", "uid-a"), Link::Connected(Some(_))));
+        assert!(!dir.heard("n", 2), "a stale session");
+        assert!(!dir.heard("other", 1));
         actor.stop(None);
     }
 

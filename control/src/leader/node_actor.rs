@@ -119,6 +119,19 @@ impl NodeState {
             .directory
             .set_inventory(&self.name, self.session, inventory, seq);
         self.nudge(&changed);
+        self.mark_ready().await;
+    }
+
+    /// A heartbeat that says nothing changed: the agent is alive and its
+    /// inventory is the one the directory has.
+    async fn on_unchanged(&self) {
+        if self.ctx.directory.heard(&self.name, self.session) {
+            self.mark_ready().await;
+        }
+    }
+
+    /// Marks the node Ready through Raft if its record says it is not.
+    async fn mark_ready(&self) {
         let ready = self
             .ctx
             .node
@@ -223,6 +236,7 @@ impl Actor for NodeActor {
             msg: Some(control_message::Msg::Registered(Registered {
                 leader_id: ctx.node.id(),
                 term: ctx.term,
+                accepts_unchanged: true,
             })),
         };
         outbound.send(Ok(registered)).await?;
@@ -267,6 +281,7 @@ impl Actor for NodeActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Inbound(AgentMessage { msg: Some(msg) }) => match msg {
+                agent_message::Msg::Heartbeat(hb) if hb.unchanged => state.on_unchanged().await,
                 agent_message::Msg::Heartbeat(hb) => state.on_inventory(hb.inventory, hb.seq).await,
                 agent_message::Msg::Result(result) => {
                     if result.refused {
