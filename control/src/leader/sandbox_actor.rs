@@ -583,7 +583,10 @@ impl Actor for SandboxActor {
         }
         // Backing off after a failed step: only time ends that.
         if Instant::now() >= state.step_retry_at {
-            match state.reconcile(&myself).await {
+            // Boxed: ractor keeps each actor's handler future inline in its
+            // task, so an unboxed reconcile would make every idle actor
+            // hold the largest reconcile state (issue 13, RSS per sandbox).
+            match Box::pin(state.reconcile(&myself)).await {
                 Ok(true) => state.step_failures = 0,
                 Ok(false) => {
                     myself.stop(None);
