@@ -79,7 +79,8 @@ async fn sandbox_lifecycle_and_cluster_status() -> anyhow::Result<()> {
     assert_eq!(created["image"], "localhost/berth-demo:v1");
     assert_eq!(created["revision"], 1);
     assert_eq!(created["phase"], "Pending");
-    assert_eq!(created["message"], "waiting to be scheduled");
+    // No agent has registered: the record says so from the start.
+    assert_eq!(created["message"], "no node available");
     wait_for_message(&control, "demo", "no node available");
     assert_eq!(created["env"]["A"], "1");
 

@@ -422,7 +422,14 @@ impl State {
                     revision: 1,
                     created_at_ms: *created_at_ms,
                     phase: Phase::Pending,
-                    message: UNSCHEDULED_MESSAGE.to_string(),
+                    // With no Ready node the leader's actor would say so
+                    // at once, in a second write; the record says it now.
+                    message: if self.nodes.values().any(|n| n.ready) {
+                        UNSCHEDULED_MESSAGE
+                    } else {
+                        NO_NODE_MESSAGE
+                    }
+                    .to_string(),
                     desired: Desired::Running,
                     node: None,
                     container_id: String::new(),

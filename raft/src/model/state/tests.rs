@@ -226,6 +226,28 @@ fn commands_with_a_stale_uid_are_rejected() {
     assert!(state.get("a").is_some());
 }
 
+/// A sandbox created while no node is Ready says so in its first record
+/// (no second write from its actor); otherwise it waits to be scheduled.
+#[test]
+fn a_create_says_no_node_is_available_when_none_is_ready() {
+    let mut state = State::default();
+    state.apply(&create("a"));
+    assert_eq!(state.get("a").unwrap().message, NO_NODE_MESSAGE);
+    state.apply(&register("n1"));
+    let ready = |ready| Command::SetNodeReady {
+        name: "n1".into(),
+        ready,
+        message: String::new(),
+        at_ms: 9,
+    };
+    state.apply(&ready(true));
+    state.apply(&create("b"));
+    assert_eq!(state.get("b").unwrap().message, UNSCHEDULED_MESSAGE);
+    state.apply(&ready(false));
+    state.apply(&create("c"));
+    assert_eq!(state.get("c").unwrap().message, NO_NODE_MESSAGE);
+}
+
 #[test]
 fn node_registration_keeps_first_registration_time_and_liveness_is_recorded() {
     let mut state = State::default();
