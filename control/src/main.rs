@@ -79,6 +79,11 @@ struct Args {
     /// Log entries kept behind a snapshot before purging.
     #[arg(long, default_value_t = 1000, hide = true)]
     logs_to_keep: u64,
+    /// As leader, commit each write in a log entry of its own instead of
+    /// packing concurrent writes into one. Needed only while upgrading a
+    /// cluster from a release without group commit (see deploy/README.md).
+    #[arg(long)]
+    no_group_commit: bool,
     /// Bound on client operations, in milliseconds.
     #[arg(long, default_value_t = 5000, hide = true)]
     request_timeout_ms: u64,
@@ -183,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = NodeConfig::new(args.id, advertise.clone(), &args.data_dir);
     config.snapshot_every = args.snapshot_every.max(1);
     config.logs_to_keep = args.logs_to_keep;
+    config.group_commit = !args.no_group_commit;
     config.request_timeout = Duration::from_millis(args.request_timeout_ms.max(100));
     let node = RaftNode::start(config).await.context("start raft node")?;
     let listener = berth_proto::net::bind(&args.listen)

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::{Command, CommandResponse, NodeError, NodeId, Proposal, Raft};
 
 /// Most proposals in one entry (bounds the entry's size and apply time).
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 /// Entries proposed and not yet committed at once: while one is being
 /// synced on the followers, the leader already appends the next.
 const IN_FLIGHT: usize = 4;
@@ -32,10 +32,11 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batching task for `raft`. It ends when the batcher drops.
-    pub(super) fn start(raft: Raft, map_error: ErrorMap) -> Self {
+    /// Starts the batching task for `raft`, packing at most `most`
+    /// proposals per entry (1: no batching). It ends when the batcher drops.
+    pub(super) fn start(raft: Raft, map_error: ErrorMap, most: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, map_error));
+        tokio::spawn(run(raft, rx, map_error, most.max(1)));
         Self { tx }
     }
 
@@ -56,8 +57,19 @@ impl Batcher {
 /// How a failed `client_write` is told to its callers.
 pub(super) type ErrorMap = fn(RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> NodeError;
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>, map_error: ErrorMap) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>,
+    map_error: ErrorMap,
+    most: usize,
+) {
+    // Without batching, every write goes out at once, as openraft takes it.
+    let in_flight = if most > 1 {
+        IN_FLIGHT
+    } else {
+        Semaphore::MAX_PERMITS
+    };
+    let slots = Arc::new(Semaphore::new(in_flight));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -66,7 +78,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Proposal, Reply)>, map
             return;
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < most {
             match rx.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
@@ -140,16 +152,20 @@ mod tests {
         }
     }
 
-    /// Concurrent writes on a real (one-voter) Raft: each caller gets its
-    /// own answer, every write is applied once, and they shared entries.
-    #[tokio::test]
-    async fn concurrent_writes_share_log_entries_and_each_gets_its_answer() {
+    async fn one_voter(group_commit: bool) -> Arc<RaftNode> {
         let mut config = NodeConfig::new(1, "127.0.0.1:1", "/nonexistent");
         config.disk = Some(Arc::new(MemDisk::default()));
+        config.group_commit = group_commit;
         let node = RaftNode::start(config).await.unwrap();
         node.bootstrap(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
             .await
             .unwrap();
+        node
+    }
+
+    /// 300 concurrent creates: each caller gets its own answer; returns
+    /// how many log entries they took.
+    async fn create_300(node: &Arc<RaftNode>) -> u64 {
         let before = node.metrics().last_log_index.unwrap_or(0);
         let writes = (0..300).map(|i| {
             let node = node.clone();
@@ -162,15 +178,32 @@ mod tests {
                 other => panic!("write {i}: {other:?}"),
             }
         }
-        // A repeat is refused on its own, not with its batch.
-        let again = node.write(create(7)).await;
-        assert!(again.is_err(), "{again:?}");
         assert_eq!(node.state().read().table.len(), 300);
-        let entries = node.metrics().last_log_index.unwrap_or(0) - before;
+        node.metrics().last_log_index.unwrap_or(0) - before
+    }
+
+    /// Concurrent writes on a real (one-voter) Raft: each caller gets its
+    /// own answer, every write is applied once, and they shared entries.
+    #[tokio::test]
+    async fn concurrent_writes_share_log_entries_and_each_gets_its_answer() {
+        let node = one_voter(true).await;
+        let entries = create_300(&node).await;
         assert!(
             entries < 300,
             "300 writes took {entries} entries: no batching"
         );
+        // A repeat is refused on its own, not with its batch.
+        let again = node.write(create(7)).await;
+        assert!(again.is_err(), "{again:?}");
+        node.shutdown().await;
+    }
+
+    /// With group commit off (a cluster being upgraded from a release that
+    /// cannot read `Command::Batch`), every write has an entry of its own.
+    #[tokio::test]
+    async fn without_group_commit_no_entry_carries_a_batch() {
+        let node = one_voter(false).await;
+        assert_eq!(create_300(&node).await, 300);
         node.shutdown().await;
     }
 }

@@ -43,6 +43,10 @@ pub struct NodeConfig {
     /// The disk to keep Raft state on instead of RocksDB in `data_dir`
     /// (the simulator's in-memory disk with crash semantics).
     pub disk: Option<store::disk::SharedDisk>,
+    /// As leader, pack concurrent writes into one log entry
+    /// (`Command::Batch`). Off while a cluster is being upgraded from a
+    /// release that cannot read such entries.
+    pub group_commit: bool,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -55,6 +59,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("logs_to_keep", &self.logs_to_keep)
             .field("request_timeout", &self.request_timeout)
             .field("disk", &self.disk.as_ref().map_or("rocksdb", |_| "given"))
+            .field("group_commit", &self.group_commit)
             .finish()
     }
 }
@@ -69,6 +74,7 @@ impl NodeConfig {
             logs_to_keep: 1000,
             request_timeout: Duration::from_secs(5),
             disk: None,
+            group_commit: true,
         }
     }
 
@@ -139,7 +145,12 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
         tokio::spawn(export_metrics(raft.metrics(), config.id));
-        let writes = batch::Batcher::start(raft.clone(), leader::write_error);
+        let most = if config.group_commit {
+            batch::MAX_BATCH
+        } else {
+            1
+        };
+        let writes = batch::Batcher::start(raft.clone(), leader::write_error, most);
         Ok(Arc::new(Self {
             id: config.id,
             addr: config.addr,
