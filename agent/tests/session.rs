@@ -60,6 +60,21 @@ async fn fake_control() -> (String, Sessions) {
     (addr, rx)
 }
 
+/// An agent `node-{tag}` dialing `control`.
+fn config(control: Vec<String>, tag: &str) -> SessionConfig {
+    SessionConfig {
+        control,
+        node_name: format!("node-{tag}"),
+        instance_id: format!("instance-{tag}"),
+        data_addr: "127.0.0.1:7101".into(),
+        cpus: 2,
+        memory_bytes: 1 << 30,
+        control_identity: berth_tls::Identity::Server {
+            cluster: "berth".into(),
+        },
+    }
+}
+
 fn down(msg: Down) -> Result<ControlMessage, Status> {
     Ok(ControlMessage { msg: Some(msg) })
 }
@@ -124,17 +139,7 @@ async fn scenario() {
     let fence = Arc::new(Fence::load(data.path()).unwrap());
     fence.observe(3).unwrap();
     let driver = Arc::new(MemoryDriver::new());
-    let cfg = SessionConfig {
-        control: vec![follower.clone(), leader.clone()],
-        node_name: "node-a".into(),
-        instance_id: "instance-a".into(),
-        data_addr: "127.0.0.1:7101".into(),
-        cpus: 2,
-        memory_bytes: 1 << 30,
-        control_identity: berth_tls::Identity::Server {
-            cluster: "berth".into(),
-        },
-    };
+    let cfg = config(vec![follower.clone(), leader.clone()], "a");
     let session = Arc::new(Session::new(cfg, driver.clone(), fence.clone()));
     let running = tokio::spawn({
         let session = session.clone();
@@ -261,17 +266,8 @@ async fn unchanged_scenario() {
     let data = tempfile::tempdir().unwrap();
     let fence = Arc::new(Fence::load(data.path()).unwrap());
     let driver = Arc::new(MemoryDriver::new());
-    let cfg = SessionConfig {
-        control: vec![leader],
-        node_name: "node-b".into(),
-        instance_id: "instance-b".into(),
-        data_addr: "127.0.0.1:7102".into(),
-        cpus: 2,
-        memory_bytes: 1 << 30,
-        control_identity: berth_tls::Identity::Server {
-            cluster: "berth".into(),
-        },
-    };
+    let mut cfg = config(vec![leader], "b");
+    cfg.data_addr = "127.0.0.1:7102".into();
     let session = Arc::new(Session::new(cfg, driver.clone(), fence));
     let running = tokio::spawn(async move { session.run().await });
     let (mut up, tx) = sessions.recv().await.unwrap();

@@ -39,7 +39,8 @@ use futures::StreamExt;
 use super::container_inventory::Watch;
 pub use super::container_inventory::RESYNC;
 use super::container_observed::{
-    absent, check_uid, engine, engine_reason, is_gone, is_running, label, observed_of, status,
+    absent, check_uid, engine, engine_reason, is_gone, is_running, label, observed_of,
+    retry_unknown_state, status,
 };
 pub use super::container_observed::{LABEL_REVISION, LABEL_SANDBOX, LABEL_UID, LABEL_VOLUME};
 use super::container_policy::{self, POLICY_SUBDIR};
@@ -126,25 +127,16 @@ impl ContainerDriver {
         self.inspect_id(&container_name(name)).await
     }
 
-    /// Inspects a container by name or id, `None` if it is absent. Podman
-    /// briefly reports a state ("stopped") that the Docker API schema does
-    /// not know while a container is being stopped; such answers are
-    /// retried for a bounded time instead of failing the command.
+    /// Inspects a container by name or id, `None` if it is absent (Podman's
+    /// transient unknown states are retried, see [`retry_unknown_state`]).
     pub(super) async fn inspect_id(
         &self,
         id: &str,
     ) -> Result<Option<ContainerInspectResponse>, DriverError> {
-        let mut attempts = 0;
-        loop {
-            match self.docker.inspect_container(id, None).await {
-                Ok(c) => return Ok(Some(c)),
-                Err(e) if is_gone(&e) => return Ok(None),
-                Err(e) if attempts < 50 && e.to_string().contains("unknown variant") => {
-                    attempts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(engine("inspect container", e)),
-            }
+        match retry_unknown_state(|| self.docker.inspect_container(id, None)).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(engine("inspect container", e)),
         }
     }
 

@@ -37,7 +37,9 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::container_driver::ContainerDriver;
-use super::container_observed::{absent, engine, label, observed_of, LABEL_SANDBOX, LABEL_UID};
+use super::container_observed::{
+    absent, engine, label, observed_of, retry_unknown_state, LABEL_SANDBOX, LABEL_UID,
+};
 use super::{container_name, DriverError};
 
 /// Every container is inspected again at least this often.
@@ -296,12 +298,9 @@ impl ContainerDriver {
             (c.id.clone().unwrap_or_default(), observed_of(name, &c))
         }))
     }
-}
 
-impl ContainerDriver {
-    /// Every berth container, listed. Podman briefly lists a container
-    /// being stopped in a state ("stopped") the Docker API schema does not
-    /// know; such answers are retried for a bounded time, like inspects.
+    /// Every berth container, listed (Podman's transient unknown states
+    /// are retried, see [`retry_unknown_state`]).
     async fn list_containers(
         &self,
         filters: &HashMap<&str, Vec<&str>>,
@@ -310,17 +309,9 @@ impl ContainerDriver {
             .all(true)
             .filters(filters)
             .build();
-        let mut attempts = 0;
-        loop {
-            match self.docker.list_containers(Some(opts.clone())).await {
-                Ok(list) => return Ok(list),
-                Err(e) if attempts < 50 && e.to_string().contains("unknown variant") => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(engine("list containers", e)),
-            }
-        }
+        retry_unknown_state(|| self.docker.list_containers(Some(opts.clone())))
+            .await
+            .map_err(|e| engine("list containers", e))
     }
 }
 

@@ -96,6 +96,27 @@ pub(super) fn status(e: &EngineError) -> Option<u16> {
     }
 }
 
+/// Runs an engine call again while its answer names a container state
+/// the Docker API schema does not know: Podman briefly reports "stopped"
+/// while a container is being stopped, in inspects and listings alike.
+/// Bounded (5 s); any other answer is returned as it is.
+pub(super) async fn retry_unknown_state<T, F, Fut>(mut call: F) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    let mut attempts = 0;
+    loop {
+        match call().await {
+            Err(e) if attempts < 50 && e.to_string().contains("unknown variant") => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// The engine says the object does not exist: a 404, or Podman's 500 for a
 /// container removed between a listing and an inspect.
 pub(super) fn is_gone(e: &EngineError) -> bool {
