@@ -20,6 +20,7 @@ use berth_proto::agent_v1::{command, AgentMessage, CommandResult, Register, Remo
 use berth_raft::model::KeptVolume;
 use berth_raft::store::Touched;
 use berth_raft::Command;
+use futures::StreamExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::time::Instant;
 use tonic::Streaming;
@@ -39,6 +40,8 @@ const NODE_GRACE: Duration = Duration::from_secs(5);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// A child running this long since its last restart has its count reset.
 const RESTART_RESET: Duration = Duration::from_secs(60);
+/// Sandbox actors started concurrently.
+const SPAWN_AT_ONCE: usize = 256;
 
 pub enum SupervisorMsg {
     Tick,
@@ -105,27 +108,22 @@ impl SupervisorState {
 
     /// Brings sandbox `name`'s actor in line with its record (`uid`, or
     /// none): stops an actor of a record that is gone or was replaced,
-    /// starts a missing one, and nudges one that is current if `nudge`.
-    async fn sync_one(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        name: &str,
-        uid: Option<&str>,
-        nudge: bool,
-    ) {
+    /// and nudges one that is current if `nudge`. Returns the actor to
+    /// start, if one is missing and may start now (see [`Self::start`]).
+    fn sync_one(&mut self, name: &str, uid: Option<&str>, nudge: bool) -> Option<(String, String)> {
         if let Some((running_uid, actor)) = self.sandboxes.get(name) {
             if Some(running_uid.as_str()) == uid {
                 if nudge {
                     let _ = actor.send_message(SandboxMsg::Nudge);
                 }
-                return;
+                return None;
             }
             actor.stop(Some("sandbox record gone".to_string()));
             self.sandboxes.remove(name);
         }
         let Some(uid) = uid else {
             self.to_spawn.remove(name);
-            return;
+            return None;
         };
         if self
             .restarts
@@ -133,31 +131,43 @@ impl SupervisorState {
             .is_some_and(|r| Instant::now() < r.not_before)
         {
             self.to_spawn.insert(name.to_string());
-            return;
+            return None;
         }
-        let args = SandboxArgs {
-            ctx: self.ctx.clone(),
-            name: name.to_string(),
-            uid: uid.to_string(),
-        };
-        match Actor::spawn_linked(
-            Some(sandbox_actor_name(self.ctx.node.id(), self.ctx.term, name)),
-            SandboxActor,
-            args,
-            myself.get_cell(),
-        )
-        .await
-        {
-            Ok((actor, _)) => {
-                self.to_spawn.remove(name);
-                self.sandboxes
-                    .insert(name.to_string(), (uid.to_string(), actor));
+        Some((name.to_string(), uid.to_string()))
+    }
+
+    /// Starts the actors of these `(name, uid)` sandboxes, up to
+    /// [`SPAWN_AT_ONCE`] at a time: a new leader starts one per sandbox,
+    /// and one after the other each start would wait behind the first
+    /// steps of all the actors started before it.
+    async fn start(&mut self, myself: &ActorRef<SupervisorMsg>, due: Vec<(String, String)>) {
+        let spawns = due.into_iter().map(|(name, uid)| {
+            let actor_name = sandbox_actor_name(self.ctx.node.id(), self.ctx.term, &name);
+            let args = SandboxArgs {
+                ctx: self.ctx.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+            };
+            let supervisor = myself.get_cell();
+            async move {
+                let spawned =
+                    Actor::spawn_linked(Some(actor_name), SandboxActor, args, supervisor).await;
+                (name, uid, spawned.map(|(actor, _)| actor))
             }
-            Err(e) => {
-                // Most often the replaced actor has not quite stopped and
-                // still holds the name: the next tick tries again.
-                tracing::debug!(sandbox = %name, error = %e, "sandbox actor not started yet");
-                self.to_spawn.insert(name.to_string());
+        });
+        let mut started = futures::stream::iter(spawns).buffer_unordered(SPAWN_AT_ONCE);
+        while let Some((name, uid, spawned)) = started.next().await {
+            match spawned {
+                Ok(actor) => {
+                    self.to_spawn.remove(&name);
+                    self.sandboxes.insert(name, (uid, actor));
+                }
+                Err(e) => {
+                    // Most often the replaced actor has not quite stopped and
+                    // still holds the name: the next tick tries again.
+                    tracing::debug!(sandbox = %name, error = %e, "sandbox actor not started yet");
+                    self.to_spawn.insert(name);
+                }
             }
         }
     }
@@ -180,11 +190,13 @@ impl SupervisorState {
             .cloned()
             .collect();
         for name in gone {
-            self.sync_one(myself, &name, None, false).await;
+            self.sync_one(&name, None, false);
         }
-        for (name, uid) in wanted {
-            self.sync_one(myself, &name, Some(&uid), false).await;
-        }
+        let due = wanted
+            .iter()
+            .filter_map(|(name, uid)| self.sync_one(name, Some(uid), false))
+            .collect();
+        self.start(myself, due).await;
     }
 
     /// Reacts to what an applied batch touched: the actors of those
@@ -198,10 +210,12 @@ impl SupervisorState {
         if touched.everything {
             self.sync_sandboxes(myself).await;
         }
+        let mut due = Vec::new();
         for name in &touched.sandboxes {
             let uid = self.record_uid(name);
-            self.sync_one(myself, name, uid.as_deref(), true).await;
+            due.extend(self.sync_one(name, uid.as_deref(), true));
         }
+        self.start(myself, due).await;
         self.phases_dirty = true;
     }
 
@@ -218,11 +232,13 @@ impl SupervisorState {
         if self.ticks.is_multiple_of(RESYNC_TICKS) {
             self.sync_sandboxes(myself).await;
         }
-        let due: Vec<String> = self.to_spawn.iter().cloned().collect();
-        for name in due {
+        let waiting: Vec<String> = self.to_spawn.iter().cloned().collect();
+        let mut due = Vec::new();
+        for name in waiting {
             let uid = self.record_uid(&name);
-            self.sync_one(myself, &name, uid.as_deref(), false).await;
+            due.extend(self.sync_one(&name, uid.as_deref(), false));
         }
+        self.start(myself, due).await;
         let topology = self.ctx.directory.topology();
         if topology != self.topology {
             self.topology = topology;
