@@ -63,6 +63,8 @@ pub fn add_control(
             world::enter_host(&c.name, c.skew_ms);
             let mut config = NodeConfig::new(c.id, control_addr(&c.name), "/nonexistent");
             config.disk = Some(c.disk.clone());
+            // One deterministic runtime for every host.
+            config.own_runtime = false;
             config.snapshot_every = 200;
             config.logs_to_keep = 100;
             let node = RaftNode::start(config).await?;

@@ -8,6 +8,7 @@
 
 mod batch;
 mod leader;
+mod threads;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ pub struct NodeConfig {
     /// (`Command::Batch`). Off while a cluster is being upgraded from a
     /// release that cannot read such entries.
     pub group_commit: bool,
+    /// Run Raft's tasks on threads of their own, so that a busy control
+    /// plane does not delay heartbeats (see `threads`). Off only in the
+    /// deterministic simulator.
+    pub own_runtime: bool,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -60,6 +65,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("request_timeout", &self.request_timeout)
             .field("disk", &self.disk.as_ref().map_or("rocksdb", |_| "given"))
             .field("group_commit", &self.group_commit)
+            .field("own_runtime", &self.own_runtime)
             .finish()
     }
 }
@@ -75,6 +81,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             disk: None,
             group_commit: true,
+            own_runtime: true,
         }
     }
 
@@ -82,22 +89,28 @@ impl NodeConfig {
         // Failover time after a leader dies is openraft's leader lease
         // (election_timeout_max: a follower that heard from a leader that
         // recently refuses to vote, so a live leader is never deposed by a
-        // node that merely missed heartbeats) plus a random election
-        // timeout: 800 + 400..800 ms. Halving both (50 ms heartbeats,
-        // 200..400 ms) fails over in under a second with 1,000 sandboxes,
-        // but with 10,000 the new leader's actor start delays its own
-        // heartbeats past the lease and leadership churns (measured, see
-        // docs/performance.md): Raft's tasks must first be isolated from
-        // the actors' load.
+        // node that merely missed heartbeats) plus the node's random
+        // election timeout: 400 + 200..400 ms. That is safe with 10,000
+        // sandboxes only because Raft runs on threads of its own
+        // (`threads`): a new leader starting its actors no longer delays
+        // its heartbeats past the lease (measured, docs/performance.md).
+        //
+        // openraft 0.9 also uses the heartbeat interval as the timeout of
+        // every AppendEntries. A new leader probes each follower's log
+        // with up to `max_payload_entries` entries; with group commit an
+        // entry can hold 256 creates, and 300 such entries did not fit in
+        // 50 ms, so the probe timed out again and again and the first
+        // commit of the term waited for seconds. 32 entries fit.
         let config = Config {
             cluster_name: "berth".to_string(),
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
+            heartbeat_interval: 50,
+            election_timeout_min: 200,
+            election_timeout_max: 400,
             install_snapshot_timeout: 2_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.logs_to_keep,
             snapshot_max_chunk_size: 256 * 1024,
+            max_payload_entries: 32,
             ..Default::default()
         };
         config
@@ -116,6 +129,8 @@ pub struct RaftNode {
     leader_clients: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
     /// Group commit for the writes this node proposes as leader.
     writes: batch::Batcher,
+    /// Raft's own runtime, if it has one; last, so it is dropped last.
+    _threads: threads::RaftThreads,
 }
 
 impl RaftNode {
@@ -135,22 +150,25 @@ impl RaftNode {
         let (log_store, state_machine) = opened.map_err(|e| NodeError::Internal(e.to_string()))?;
         let state = state_machine.shared();
         let raft_config = Arc::new(config.raft_config()?);
-        let raft = Raft::new(
-            config.id,
-            raft_config,
-            NetworkFactory,
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
-        tokio::spawn(export_metrics(raft.metrics(), config.id));
         let most = if config.group_commit {
             batch::MAX_BATCH
         } else {
             1
         };
-        let writes = batch::Batcher::start(raft.clone(), leader::write_error, most);
+        let threads = threads::RaftThreads::start(config.own_runtime, config.id)?;
+        // The core, its replication and storage tasks and the write batcher
+        // are spawned on Raft's threads.
+        let id = config.id;
+        let (raft, writes) = threads
+            .run(async move {
+                let raft = Raft::new(id, raft_config, NetworkFactory, log_store, state_machine)
+                    .await
+                    .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
+                let writes = batch::Batcher::start(raft.clone(), leader::write_error, most);
+                Ok::<_, NodeError>((raft, writes))
+            })
+            .await??;
+        tokio::spawn(export_metrics(raft.metrics(), config.id));
         Ok(Arc::new(Self {
             id: config.id,
             addr: config.addr,
@@ -159,6 +177,7 @@ impl RaftNode {
             request_timeout: config.request_timeout,
             leader_clients: Mutex::new(HashMap::new()),
             writes,
+            _threads: threads,
         }))
     }
 
