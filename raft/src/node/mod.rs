@@ -90,7 +90,7 @@ impl NodeConfig {
         // (election_timeout_max: a follower that heard from a leader that
         // recently refuses to vote, so a live leader is never deposed by a
         // node that merely missed heartbeats) plus the node's random
-        // election timeout: 400 + 200..400 ms. That is safe with 10,000
+        // election timeout: 300 + 200..300 ms. That is safe with 10,000
         // sandboxes only because Raft runs on threads of its own
         // (`threads`): a new leader starting its actors no longer delays
         // its heartbeats past the lease (measured, docs/performance.md).
@@ -105,7 +105,7 @@ impl NodeConfig {
             cluster_name: "berth".to_string(),
             heartbeat_interval: 50,
             election_timeout_min: 200,
-            election_timeout_max: 400,
+            election_timeout_max: 300,
             install_snapshot_timeout: 2_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.logs_to_keep,
