@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use super::auth::Usage;
 use super::command::RejectionKind::{
     AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, StaleTerm,
 };
@@ -52,6 +53,9 @@ pub struct State {
     /// in step by `insert` and `remove_sandbox`, so placement and listing
     /// never scan every sandbox).
     placed: BTreeMap<String, usize>,
+    /// What each tenant's sandboxes hold (derived from `sandboxes` in the
+    /// same way, so a quota check never scans every sandbox either).
+    usage: BTreeMap<String, Usage>,
     nodes: BTreeMap<String, NodeRecord>,
     requests: BTreeMap<String, RequestRecord>,
     /// Request ids by the log position that first carried them, for eviction.
@@ -188,17 +192,32 @@ impl State {
         if let Some(node) = &record.node {
             *self.placed.entry(node.clone()).or_default() += 1;
         }
+        // Most puts change a status, not the spec: the usage stays.
+        let spec_changed = self
+            .sandboxes
+            .get(&record.name)
+            .is_none_or(|old| old.spec != record.spec);
+        if spec_changed {
+            self.count_usage(&record, true);
+        }
         let old = self.sandboxes.insert(record.name.clone(), record);
-        self.unplace(old);
+        if let Some(old) = old {
+            if spec_changed {
+                self.count_usage(&old, false);
+            }
+            self.unplace(old);
+        }
     }
 
     fn remove_sandbox(&mut self, name: &str) {
-        let old = self.sandboxes.remove(name);
-        self.unplace(old);
+        if let Some(old) = self.sandboxes.remove(name) {
+            self.count_usage(&old, false);
+            self.unplace(old);
+        }
     }
 
-    fn unplace(&mut self, old: Option<SandboxRecord>) {
-        let Some(node) = old.and_then(|r| r.node) else {
+    fn unplace(&mut self, old: SandboxRecord) {
+        let Some(node) = old.node else {
             return;
         };
         if let Some(count) = self.placed.get_mut(&node) {

@@ -160,6 +160,9 @@ mod tests {
         node.bootstrap(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
             .await
             .unwrap();
+        // Leading, with the term's first entry applied: no entry but the
+        // writes' own is appended from here on.
+        node.read_barrier().await.unwrap();
         node
     }
 

@@ -9,11 +9,11 @@ use super::{not_found, Applied, Change, LogPos, State};
 use crate::model::auth::{split_key, AuditEvent, TenantRecord, TokenRecord, Usage, AUDIT_WINDOW};
 use crate::model::command::RejectionKind::{AlreadyExists, NotFound, ResourceExhausted};
 use crate::model::{AuditStamp, Proposal};
-use crate::model::{Command, CommandResponse, SandboxSpec};
+use crate::model::{Command, CommandResponse, SandboxRecord, SandboxSpec};
 
 /// What a spec's policy asks for: (cpu thousandths, memory bytes). A spec
 /// without a policy or without resources asks for nothing it declares.
-fn resources(spec: &SandboxSpec) -> (Option<u64>, Option<u64>) {
+pub(super) fn resources(spec: &SandboxSpec) -> (Option<u64>, Option<u64>) {
     let Some(policy) = spec
         .policy
         .as_deref()
@@ -122,17 +122,27 @@ impl State {
 
     /// What `tenant`'s sandboxes hold, counting each at its current spec.
     pub fn usage(&self, tenant: &str) -> Usage {
-        let mut usage = Usage::default();
-        for record in self.sandboxes.values() {
-            if split_key(&record.name).0 != tenant {
-                continue;
-            }
-            let (cpu, memory) = resources(&record.spec);
+        self.usage.get(tenant).copied().unwrap_or_default()
+    }
+
+    /// Adds `record` to its tenant's usage, or takes it away.
+    pub(super) fn count_usage(&mut self, record: &SandboxRecord, add: bool) {
+        let tenant = split_key(&record.name).0;
+        let (cpu, memory) = resources(&record.spec);
+        let (cpu, memory) = (cpu.unwrap_or(0), memory.unwrap_or(0));
+        if add {
+            let usage = self.usage.entry(tenant.to_string()).or_default();
             usage.sandboxes += 1;
-            usage.cpu_millis += cpu.unwrap_or(0);
-            usage.memory_bytes += memory.unwrap_or(0);
+            usage.cpu_millis += cpu;
+            usage.memory_bytes += memory;
+        } else if let Some(usage) = self.usage.get_mut(tenant) {
+            usage.sandboxes = usage.sandboxes.saturating_sub(1);
+            usage.cpu_millis = usage.cpu_millis.saturating_sub(cpu);
+            usage.memory_bytes = usage.memory_bytes.saturating_sub(memory);
+            if usage.sandboxes == 0 {
+                self.usage.remove(tenant);
+            }
         }
-        usage
     }
 
     /// Refuses sandbox `key` going from `from` (None: a new sandbox) to

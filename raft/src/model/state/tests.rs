@@ -992,7 +992,7 @@ mod identity {
 
 mod access {
     use super::*;
-    use crate::model::auth::sandbox_key;
+    use crate::model::auth::{sandbox_key, Usage};
     use crate::model::{Quota, Role, TokenRecord};
 
     fn with_policy(name: &str, policy: &str) -> Command {
@@ -1118,6 +1118,61 @@ mod access {
         assert_eq!((usage.sandboxes, usage.cpu_millis), (2, 1500));
         // Other tenants are not limited by it.
         assert_eq!(rejected(&state.apply(&create("free")).0), None);
+    }
+
+    /// `tenant`'s usage counted the slow way, over every sandbox.
+    fn recount(state: &State, tenant: &str) -> Usage {
+        let mut usage = Usage::default();
+        for record in state.sandboxes.values() {
+            if crate::model::auth::split_key(&record.name).0 == tenant {
+                let (cpu, memory) = super::super::auth::resources(&record.spec);
+                usage.sandboxes += 1;
+                usage.cpu_millis += cpu.unwrap_or(0);
+                usage.memory_bytes += memory.unwrap_or(0);
+            }
+        }
+        usage
+    }
+
+    #[test]
+    fn usage_stays_in_step_with_creates_status_changes_updates_and_deletes() {
+        let mut state = State::default();
+        let key = |n: &str| sandbox_key("t", n);
+        let policy = |cpus: &str| format!("resources:\n  cpus: {cpus}\n  memory: 512Mi\n");
+        let check = |state: &State, sandboxes: u64| {
+            for tenant in ["t", "default"] {
+                assert_eq!(state.usage(tenant), recount(state, tenant), "{tenant}");
+            }
+            assert_eq!(state.usage("t").sandboxes, sandboxes);
+        };
+        state.apply(&with_policy(&key("a"), &policy("1")));
+        state.apply(&with_policy(&key("b"), &policy("0.5")));
+        state.apply(&create("other"));
+        check(&state, 2);
+        assert_eq!(state.usage("t").cpu_millis, 1500);
+
+        // Placed and running: status puts leave the usage as it was.
+        placed_running(&mut state, &key("c"));
+        check(&state, 3);
+        // A record whose spec asks for more CPU counts the new spec.
+        let mut grown = state.get(&key("c")).cloned().unwrap();
+        grown.spec.policy = Some(policy("2"));
+        state.insert(grown);
+        check(&state, 3);
+        assert_eq!(state.usage("t").cpu_millis, 3500);
+        // An unplaced sandbox is removed at once.
+        state.apply(&Command::DeleteSandbox {
+            name: key("b"),
+            keep_volume: false,
+        });
+        check(&state, 2);
+
+        // Loading the records (a restart or a snapshot) counts the same.
+        let mut loaded = State::default();
+        for record in state.sandboxes.values() {
+            loaded.insert(record.clone());
+        }
+        assert_eq!(loaded.usage, state.usage);
     }
 }
 
