@@ -136,6 +136,22 @@ impl SupervisorState {
         Some((name.to_string(), uid.to_string()))
     }
 
+    /// Brings these sandboxes' actors in line with their records, then
+    /// starts the missing ones together.
+    async fn sync_named(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        names: impl IntoIterator<Item = String>,
+        nudge: bool,
+    ) {
+        let mut due = Vec::new();
+        for name in names {
+            let uid = self.record_uid(&name);
+            due.extend(self.sync_one(&name, uid.as_deref(), nudge));
+        }
+        self.start(myself, due).await;
+    }
+
     /// Starts the actors of these `(name, uid)` sandboxes, up to
     /// [`SPAWN_AT_ONCE`] at a time: a new leader starts one per sandbox,
     /// and one after the other each start would wait behind the first
@@ -210,12 +226,8 @@ impl SupervisorState {
         if touched.everything {
             self.sync_sandboxes(myself).await;
         }
-        let mut due = Vec::new();
-        for name in &touched.sandboxes {
-            let uid = self.record_uid(name);
-            due.extend(self.sync_one(name, uid.as_deref(), true));
-        }
-        self.start(myself, due).await;
+        self.sync_named(myself, touched.sandboxes.iter().cloned(), true)
+            .await;
         self.phases_dirty = true;
     }
 
@@ -233,12 +245,7 @@ impl SupervisorState {
             self.sync_sandboxes(myself).await;
         }
         let waiting: Vec<String> = self.to_spawn.iter().cloned().collect();
-        let mut due = Vec::new();
-        for name in waiting {
-            let uid = self.record_uid(&name);
-            due.extend(self.sync_one(&name, uid.as_deref(), false));
-        }
-        self.start(myself, due).await;
+        self.sync_named(myself, waiting, false).await;
         let topology = self.ctx.directory.topology();
         if topology != self.topology {
             self.topology = topology;
