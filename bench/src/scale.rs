@@ -9,7 +9,7 @@ use berth_proto::v1::{CreateSandboxRequest, GetStatusRequest, SandboxSpec};
 use berth_testkit::TestCluster;
 
 use crate::load::drive;
-use crate::proc::{idle_cpu, usage};
+use crate::proc::{idle_cpu, peak_rss, usage};
 use crate::util::create_all;
 
 const AGENT: &str = "mem-1";
@@ -100,6 +100,32 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     println!(
         "scale: creates at concurrency {WRITE_CONCURRENCY}: {empty_rate:.0}/s empty, {full_rate:.0}/s with {n} ({:+.0}%)",
         (full_rate / empty_rate - 1.0) * 100.0
+    );
+    join_new_member(&mut cluster, leader, n).await
+}
+
+/// A fourth control node joins and gets everything as a snapshot: how long
+/// it takes, and whether the new member ever held the state twice (its
+/// peak RSS next to what it holds once caught up).
+async fn join_new_member(cluster: &mut TestCluster, leader: u64, n: usize) -> anyhow::Result<()> {
+    let applied = cluster.status(leader).await?.last_applied_index;
+    let started = Instant::now();
+    cluster.start_joining(4)?;
+    cluster
+        .wait_applied(4, applied, Duration::from_secs(600))
+        .await?;
+    let caught_up = started.elapsed();
+    let pid = cluster
+        .process(4)
+        .and_then(|p| p.pid())
+        .ok_or_else(|| anyhow::anyhow!("no process for the new member"))?;
+    let (_, rss) = usage(pid)?;
+    let peak = peak_rss(pid)?;
+    println!(
+        "scale: a new member caught up with {n} sandboxes (by snapshot) in {:.1}s; its RSS {:.0} MiB, peak {:.0} MiB",
+        caught_up.as_secs_f64(),
+        rss as f64 / 1048576.0,
+        peak as f64 / 1048576.0
     );
     Ok(())
 }

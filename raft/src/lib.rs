@@ -21,8 +21,6 @@ pub mod node;
 pub mod runtime;
 pub mod store;
 
-use std::io::Cursor;
-
 pub use error::NodeError;
 pub use model::{
     Command, CommandResponse, Desired, NodeRecord, Phase, Proposal, Rejection, RejectionKind,
@@ -42,7 +40,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = store::SnapshotData,
         AsyncRuntime = runtime::BerthRuntime,
 );
 

@@ -72,11 +72,18 @@ impl Batch {
 /// Key/value pairs, in key order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Key/value pairs one at a time, in key order.
+pub type Scan<'a> = Box<dyn Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
 /// What the stores need from a disk.
 pub trait Disk: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
     /// Pairs with `from <= key` (and `key < to` when given), in order.
     fn range(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> io::Result<Pairs>;
+    /// Pairs with `from <= key` (and `key < to` when given), in order, one
+    /// at a time, as they were when the scan began (later writes are not
+    /// seen): for reading a whole column family without holding it.
+    fn scan<'a>(&'a self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> io::Result<Scan<'a>>;
     /// The pair with the highest key.
     fn last(&self, cf: Cf) -> io::Result<Option<(Vec<u8>, Vec<u8>)>>;
     /// Apply `batch` atomically; durable before returning when `sync`.
@@ -121,6 +128,23 @@ impl Disk for RocksDisk {
             out.push((key.to_vec(), value.to_vec()));
         }
         Ok(out)
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> io::Result<Scan<'a>> {
+        // A RocksDB iterator reads from the point in time it was made.
+        let to = to.map(<[u8]>::to_vec);
+        let iter = self
+            .db
+            .iterator_cf(self.cf(cf)?, IteratorMode::From(from, Direction::Forward))
+            .map(|item| {
+                item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                    .map_err(io::Error::other)
+            })
+            .take_while(move |item| match (item, &to) {
+                (Ok((key, _)), Some(to)) => key < to,
+                _ => true,
+            });
+        Ok(Box::new(iter))
     }
 
     fn last(&self, cf: Cf) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -213,6 +237,11 @@ impl Disk for MemDisk {
             .take_while(|((c, k), _)| *c == cf && to.is_none_or(|to| k.as_slice() < to))
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> io::Result<Scan<'a>> {
+        // Simulation only: a copy is the simplest point-in-time view.
+        Ok(Box::new(self.range(cf, from, to)?.into_iter().map(Ok)))
     }
 
     fn last(&self, cf: Cf) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {

@@ -7,7 +7,31 @@ pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 
 pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"membership";
-pub(crate) const SNAPSHOT: &[u8] = b"snapshot";
+/// Where release 1 kept its whole snapshot as one value (deleted on load).
+pub(crate) const LEGACY_SNAPSHOT: &[u8] = b"snapshot";
+/// The stored snapshot openraft is handed ([`super::state_machine`]).
+pub(crate) const SNAPSHOT_CURRENT: &[u8] = b"snapshot_current";
+/// A snapshot whose install started and has not finished: finished on load.
+pub(crate) const SNAPSHOT_INSTALLING: &[u8] = b"snapshot_installing";
+/// Chunks of stored snapshots: `snap/` + store id + chunk number.
+pub(crate) const CHUNK_PREFIX: &[u8] = b"snap/";
+
+pub(crate) fn chunk_key(id: u64, n: u64) -> Vec<u8> {
+    let mut key = CHUNK_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// The keys of every chunk of stored snapshot `id`: `[from, to)`.
+pub(crate) fn chunk_range(id: u64) -> (Vec<u8>, Vec<u8>) {
+    let from = [CHUNK_PREFIX, &id.to_be_bytes()].concat();
+    let to = match id.checked_add(1) {
+        Some(next) => [CHUNK_PREFIX, &next.to_be_bytes()].concat(),
+        None => [CHUNK_PREFIX, &[0xff; 9]].concat(),
+    };
+    (from, to)
+}
 
 pub(crate) fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()

@@ -8,6 +8,7 @@
 //! acknowledged; applied state becomes durable with the next synced write
 //! and can always be rebuilt from the log (see `state_machine`).
 
+mod chunks;
 pub mod disk;
 mod keys;
 mod log_store;
@@ -19,8 +20,9 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
+pub use chunks::SnapshotData;
 pub use log_store::LogStore;
-pub use snapshot::{SnapshotError, SnapshotFile};
+pub use snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 pub use state_machine::{SharedState, StateMachineStore, StateView, Touched};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,11 @@ const MEMTABLE_BUDGET: usize = 32 << 20;
 /// Opens (creating if needed) the node's DB and returns its log store and
 /// state machine, sharing the one DB.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    open_on(open_rocks(dir)?)
+}
+
+/// Opens (creating if needed) the RocksDB disk in `dir`.
+fn open_rocks(dir: &Path) -> Result<disk::SharedDisk, OpenError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -55,7 +62,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         path: dir.display().to_string(),
         source,
     })?;
-    open_on(Arc::new(disk::RocksDisk::new(db)))
+    Ok(Arc::new(disk::RocksDisk::new(db)))
 }
 
 /// The log store and state machine over any disk (a [`disk::MemDisk`] in
@@ -65,5 +72,7 @@ pub fn open_on(disk: disk::SharedDisk) -> Result<(LogStore, StateMachineStore), 
     Ok((LogStore::new(disk), sm))
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod suite_tests;

@@ -13,11 +13,18 @@
 //! openraft then applies those entries again from the log on restart, and
 //! a purge (synced, after every apply it covers) never removes an entry
 //! whose effect is not yet durable.
+//!
+//! Snapshots stream: a build scans the records on disk as of one applied
+//! point into a stored stream of chunks ([`super::chunks`]), and an
+//! install writes a received stream's records a batch at a time, so
+//! neither holds the state a second time in memory or in one disk value.
+//! An install marks itself started (synced) before it touches a record and
+//! unmarks itself with its last write; [`StateMachineStore::load`]
+//! finishes an install a crash cut short from the stored stream.
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -25,9 +32,12 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 
+use serde::{Deserialize, Serialize};
+
+use super::chunks::{delete_chunks, Pins, SnapshotData};
 use super::disk::{Batch, Cf, Disk, SharedDisk};
 use super::keys;
-use super::snapshot::SnapshotFile;
+use super::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::codec;
 use crate::model::{Change, CommandResponse, State};
 use crate::{NodeId, TypeConfig};
@@ -121,12 +131,27 @@ impl SharedState {
     }
 }
 
-/// State machine handle; clones share the DB and the view.
+/// State machine handle; clones share the DB, the view and the snapshots.
 #[derive(Clone)]
 pub struct StateMachineStore {
     disk: SharedDisk,
     state: SharedState,
-    snapshot_seq: Arc<AtomicU64>,
+    /// Store ids for new snapshot streams, above every id on disk.
+    next_snapshot: Arc<AtomicU64>,
+    /// The snapshot openraft is handed, as recorded on disk.
+    current: Arc<Mutex<Option<Stored>>>,
+    /// Readers of stored snapshots (see [`chunks`](super::chunks)).
+    pins: Pins,
+    /// Held by a snapshot build and by an install for their whole run, so
+    /// a build never scans records an install is halfway through.
+    snapshots: Arc<Mutex<()>>,
+}
+
+/// A stored snapshot stream: its store id and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    id: u64,
+    len: u64,
 }
 
 fn io_read(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -137,21 +162,71 @@ fn io_write(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
+fn io_snapshot(
+    meta: Option<&SnapshotMeta<NodeId, BasicNode>>,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(meta.map(|m| m.signature()), &e).into()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pairs written to disk at a time while a snapshot is installed.
+const INSTALL_BATCH: usize = 1024;
+
 impl StateMachineStore {
-    /// Loads the applied state from the DB.
+    /// Loads the applied state from the DB, first finishing a snapshot
+    /// install a crash interrupted.
     pub(crate) fn load(disk: SharedDisk) -> StorageResult<Self> {
-        let view = Self::read_view(disk.as_ref())?;
-        Ok(Self {
-            disk,
-            state: SharedState {
-                view: Arc::new(RwLock::new(view)),
-                ..SharedState::default()
-            },
-            snapshot_seq: Arc::new(AtomicU64::new(0)),
-        })
+        let read_stored = |key: &[u8]| -> StorageResult<Option<Stored>> {
+            match disk.get(Cf::SmMeta, key).map_err(io_read)? {
+                Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(io_read)?)),
+                None => Ok(None),
+            }
+        };
+        let current = read_stored(keys::SNAPSHOT_CURRENT)?;
+        let installing = read_stored(keys::SNAPSHOT_INSTALLING)?;
+        let store = Self {
+            disk: disk.clone(),
+            state: SharedState::default(),
+            next_snapshot: Arc::new(AtomicU64::new(1)),
+            current: Arc::new(Mutex::new(current)),
+            pins: Pins::default(),
+            snapshots: Arc::default(),
+        };
+        if let Some(stored) = installing {
+            tracing::info!(id = stored.id, "finishing a snapshot install cut short");
+            store.install_stored(stored, None)?;
+        }
+        store.drop_unowned_chunks()?;
+        *store.state.write() = Self::read_view(disk.as_ref())?;
+        Ok(store)
     }
 
-    /// Reads the applied state from the DB.
+    /// Deletes every snapshot chunk but the current stream's (streams a
+    /// crash cut short, retired ones whose reader was gone) and release 1's
+    /// single-value snapshot; new streams get ids above the current one.
+    fn drop_unowned_chunks(&self) -> StorageResult<()> {
+        let keep = *lock(&self.current);
+        let mut batch = Batch::default();
+        let (first, _) = keys::chunk_range(0);
+        let (_, last) = keys::chunk_range(u64::MAX);
+        match keep {
+            Some(stored) => {
+                let (from, to) = keys::chunk_range(stored.id);
+                batch.delete_range(Cf::SmMeta, &first, &from);
+                batch.delete_range(Cf::SmMeta, &to, &last);
+                self.next_snapshot.store(stored.id + 1, Ordering::Relaxed);
+            }
+            None => batch.delete_range(Cf::SmMeta, &first, &last),
+        }
+        batch.delete(Cf::SmMeta, keys::LEGACY_SNAPSHOT);
+        self.disk.write(batch, false).map_err(io_write)
+    }
+
+    /// Reads the applied state from the DB, one record at a time.
     fn read_view(disk: &dyn Disk) -> StorageResult<StateView> {
         let mut view = StateView::default();
         if let Some(bytes) = disk.get(Cf::SmMeta, keys::LAST_APPLIED).map_err(io_read)? {
@@ -160,28 +235,9 @@ impl StateMachineStore {
         if let Some(bytes) = disk.get(Cf::SmMeta, keys::MEMBERSHIP).map_err(io_read)? {
             view.membership = codec::decode(&bytes).map_err(io_read)?;
         }
-        for (key, value) in disk.range(Cf::Sm, b"", None).map_err(io_read)? {
-            if key.starts_with(keys::NODE_PREFIX) {
-                view.table
-                    .insert_node(codec::decode(&value).map_err(io_read)?);
-            } else if key.starts_with(keys::SANDBOX_PREFIX) {
-                view.table.insert(codec::decode(&value).map_err(io_read)?);
-            } else if key.starts_with(keys::REQUEST_PREFIX) {
-                view.table
-                    .insert_request(codec::decode(&value).map_err(io_read)?);
-            } else if key.starts_with(keys::VOLUME_PREFIX) {
-                view.table
-                    .insert_volume(codec::decode(&value).map_err(io_read)?);
-            } else if key.starts_with(keys::TOKEN_PREFIX) {
-                view.table
-                    .insert_token(codec::decode(&value).map_err(io_read)?);
-            } else if key.starts_with(keys::TENANT_PREFIX) {
-                view.table
-                    .insert_tenant(codec::decode(&value).map_err(io_read)?);
-            } else if key.starts_with(keys::AUDIT_PREFIX) {
-                view.table
-                    .insert_audit(codec::decode(&value).map_err(io_read)?);
-            }
+        for pair in disk.scan(Cf::Sm, b"", None).map_err(io_read)? {
+            let (key, value) = pair.map_err(io_read)?;
+            load_pair(&mut view.table, &key, &value)?;
         }
         Ok(view)
     }
@@ -192,18 +248,125 @@ impl StateMachineStore {
     }
 
     fn put_applied_meta(&self, batch: &mut Batch, view: &StateView) -> StorageResult<()> {
+        put_meta(batch, &view.last_applied, &view.membership)
+    }
+
+    /// Records `stored` as the current snapshot, with `batch`, synced; the
+    /// previous one is retired (deleted now or by its last reader).
+    fn make_current(&self, stored: Stored, mut batch: Batch) -> StorageResult<()> {
+        let mut current = lock(&self.current);
         batch.put(
             Cf::SmMeta,
-            keys::LAST_APPLIED,
-            codec::encode(&view.last_applied).map_err(io_write)?,
+            keys::SNAPSHOT_CURRENT,
+            codec::encode(&stored).map_err(io_write)?,
         );
-        batch.put(
-            Cf::SmMeta,
-            keys::MEMBERSHIP,
-            codec::encode(&view.membership).map_err(io_write)?,
-        );
+        if let Some(previous) = *current {
+            if previous.id != stored.id && self.pins.retire(previous.id) {
+                delete_chunks(&mut batch, previous.id);
+            }
+        }
+        self.disk.write(batch, true).map_err(io_write)?;
+        *current = Some(stored);
         Ok(())
     }
+
+    /// Replaces the records on disk with those of stored snapshot `stored`,
+    /// a batch of pairs at a time, and makes it current. The first, synced
+    /// write marks the install as started; a crash before the last write
+    /// leaves the mark, and [`load`](Self::load) runs the install again.
+    fn install_stored(
+        &self,
+        stored: Stored,
+        expected: Option<&SnapshotMeta<NodeId, BasicNode>>,
+    ) -> StorageResult<StateView> {
+        let data = SnapshotData::reader(self.disk.clone(), stored.id, stored.len, None);
+        let mut reader = SnapshotReader::new(data).map_err(|e| io_snapshot(expected, e))?;
+        let meta = reader.meta().clone();
+        if let Some(expected) = expected {
+            if meta.snapshot_id != expected.snapshot_id {
+                let e = std::io::Error::other(format!(
+                    "snapshot data is {}, expected {}",
+                    meta.snapshot_id, expected.snapshot_id
+                ));
+                return Err(io_snapshot(Some(expected), e));
+            }
+        }
+        let mut batch = Batch::default();
+        batch.put(
+            Cf::SmMeta,
+            keys::SNAPSHOT_INSTALLING,
+            codec::encode(&stored).map_err(io_write)?,
+        );
+        batch.delete_range(Cf::Sm, b"", [0xff; 8]);
+        self.disk.write(batch, true).map_err(io_write)?;
+
+        let mut table = State::default();
+        let mut batch = Batch::default();
+        let mut pending = 0;
+        while let Some((key, value)) = reader
+            .next_pair()
+            .map_err(|e| io_snapshot(Some(&meta), e))?
+        {
+            load_pair(&mut table, key, value)?;
+            batch.put(Cf::Sm, key, value);
+            pending += 1;
+            if pending == INSTALL_BATCH {
+                self.disk
+                    .write(std::mem::take(&mut batch), false)
+                    .map_err(io_write)?;
+                pending = 0;
+            }
+        }
+        // The chaos suite (and the simulator) crash here: half installed.
+        berth_proto::chaos::failpoint("snapshot-before-install");
+        put_meta(&mut batch, &meta.last_log_id, &meta.last_membership)?;
+        batch.delete(Cf::SmMeta, keys::SNAPSHOT_INSTALLING);
+        self.make_current(stored, batch)?;
+        Ok(StateView {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership,
+            table,
+        })
+    }
+}
+
+/// Adds the applied log id and membership to `batch`.
+fn put_meta(
+    batch: &mut Batch,
+    last_applied: &Option<LogId<NodeId>>,
+    membership: &StoredMembership<NodeId, BasicNode>,
+) -> StorageResult<()> {
+    batch.put(
+        Cf::SmMeta,
+        keys::LAST_APPLIED,
+        codec::encode(last_applied).map_err(io_write)?,
+    );
+    batch.put(
+        Cf::SmMeta,
+        keys::MEMBERSHIP,
+        codec::encode(membership).map_err(io_write)?,
+    );
+    Ok(())
+}
+
+/// Adds one stored record (key and value as on disk) to `table`.
+fn load_pair(table: &mut State, key: &[u8], value: &[u8]) -> StorageResult<()> {
+    if key.starts_with(keys::NODE_PREFIX) {
+        table.insert_node(codec::decode(value).map_err(io_read)?);
+    } else if key.starts_with(keys::SANDBOX_PREFIX) {
+        table.insert(codec::decode(value).map_err(io_read)?);
+    } else if key.starts_with(keys::REQUEST_PREFIX) {
+        table.insert_request(codec::decode(value).map_err(io_read)?);
+    } else if key.starts_with(keys::VOLUME_PREFIX) {
+        table.insert_volume(codec::decode(value).map_err(io_read)?);
+    } else if key.starts_with(keys::TOKEN_PREFIX) {
+        table.insert_token(codec::decode(value).map_err(io_read)?);
+    } else if key.starts_with(keys::TENANT_PREFIX) {
+        table.insert_tenant(codec::decode(value).map_err(io_read)?);
+    } else if key.starts_with(keys::AUDIT_PREFIX) {
+        table.insert_audit(codec::decode(value).map_err(io_read)?);
+    }
+    Ok(())
 }
 
 /// Adds one applied change to the batch.
@@ -267,37 +430,45 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 }
 
 impl StateMachineStore {
+    /// Streams the records, as of one applied point, into a new stored
+    /// snapshot: one record in memory at a time, never the whole state.
     async fn build_snapshot_now(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let file = {
+        let _building = lock(&self.snapshots);
+        let id = self.next_snapshot.fetch_add(1, Ordering::Relaxed);
+        let (meta, records) = {
+            // Applies hold the write lock until their batch is on disk, so
+            // the scan made under the read lock matches this applied point.
             let view = self.state.read();
-            let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match view.last_applied {
-                Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
-                None => format!("none-{seq}"),
+                Some(applied) => format!("{}-{}-{id}", applied.leader_id, applied.index),
+                None => format!("none-{id}"),
             };
-            SnapshotFile {
-                meta: SnapshotMeta {
-                    last_log_id: view.last_applied,
-                    last_membership: view.membership.clone(),
-                    snapshot_id,
-                },
-                records: view.table.iter().cloned().collect(),
-                nodes: view.table.nodes().cloned().collect(),
-                requests: view.table.requests().cloned().collect(),
-                volumes: view.table.volumes().cloned().collect(),
-                tokens: view.table.tokens().cloned().collect(),
-                tenants: view.table.tenants().cloned().collect(),
-                audit: view.table.audit().cloned().collect(),
-            }
+            let meta = SnapshotMeta {
+                last_log_id: view.last_applied,
+                last_membership: view.membership.clone(),
+                snapshot_id,
+            };
+            (meta, self.disk.scan(Cf::Sm, b"", None).map_err(io_read)?)
         };
-        let bytes = file.encode().map_err(io_write)?;
+        let data = SnapshotData::writer(self.disk.clone(), id);
+        let mut writer = SnapshotWriter::new(data, &meta).map_err(io_write)?;
+        for pair in records {
+            let (key, value) = pair.map_err(io_read)?;
+            writer.push(&key, &value).map_err(io_write)?;
+        }
+        let mut data = writer.finish().map_err(io_write)?;
+        data.finish_writing().map_err(io_write)?;
+        let stored = Stored {
+            id,
+            len: data.len(),
+        };
         berth_proto::chaos::failpoint("snapshot-before-save");
-        let mut batch = Batch::default();
-        batch.put(Cf::SmMeta, keys::SNAPSHOT, &bytes);
-        self.disk.write(batch, true).map_err(io_write)?;
+        self.make_current(stored, Batch::default())?;
+        let reader =
+            SnapshotData::reader(self.disk.clone(), id, stored.len, Some(self.pins.clone()));
         Ok(Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta,
+            snapshot: Box::new(reader),
         })
     }
 }
@@ -361,46 +532,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotData>> {
+        let id = self.next_snapshot.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(SnapshotData::writer(self.disk.clone(), id)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> StorageResult<()> {
-        let bytes = snapshot.into_inner();
-        let file = SnapshotFile::decode(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let mut batch = Batch::default();
-        for (key, _) in self.disk.range(Cf::Sm, b"", None).map_err(io_read)? {
-            batch.delete(Cf::Sm, key);
-        }
-        let mut table = State::default();
-        let items = (file.records.into_iter().map(Change::PutSandbox))
-            .chain(file.nodes.into_iter().map(Change::PutNode))
-            .chain(file.requests.into_iter().map(Change::PutRequest))
-            .chain(file.volumes.into_iter().map(Change::PutVolume))
-            .chain(file.tokens.into_iter().map(Change::PutToken))
-            .chain(file.tenants.into_iter().map(Change::PutTenant))
-            .chain(file.audit.into_iter().map(Change::PutAudit));
-        for item in items {
-            table.take(&item);
-            persist(&mut batch, item)?;
-        }
-        let view = StateView {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-            table,
+        let _installing = lock(&self.snapshots);
+        let mut data = *snapshot;
+        let stored = if data.is_written_to(&self.disk) {
+            Stored {
+                id: data.id(),
+                len: data.len(),
+            }
+        } else {
+            // A stream kept elsewhere (openraft's storage suite hands over
+            // another store's snapshot): copy it here first.
+            data.rewind_for_reading()
+                .map_err(|e| io_snapshot(Some(meta), e))?;
+            let id = self.next_snapshot.fetch_add(1, Ordering::Relaxed);
+            let mut copy = SnapshotData::writer(self.disk.clone(), id);
+            std::io::copy(&mut data, &mut copy).map_err(|e| io_snapshot(Some(meta), e))?;
+            copy.finish_writing().map_err(io_write)?;
+            Stored {
+                id,
+                len: copy.len(),
+            }
         };
-        self.put_applied_meta(&mut batch, &view)?;
-        batch.put(Cf::SmMeta, keys::SNAPSHOT, &bytes);
-        let mut current = self.state.write();
-        berth_proto::chaos::failpoint("snapshot-before-install");
-        self.disk.write(batch, true).map_err(io_write)?;
-        *current = view;
-        drop(current);
+        drop(data);
+        let view = self.install_stored(stored, Some(meta))?;
+        *self.state.write() = view;
         self.state.publish(Touched {
             everything: true,
             ..Touched::default()
@@ -409,13 +574,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let Some(bytes) = self.disk.get(Cf::SmMeta, keys::SNAPSHOT).map_err(io_read)? else {
-            return Ok(None);
+        let reader = {
+            let current = lock(&self.current);
+            let Some(stored) = *current else {
+                return Ok(None);
+            };
+            // Pinned before the lock is let go: a newer snapshot may retire
+            // this one, but not delete it while it is read.
+            SnapshotData::reader(
+                self.disk.clone(),
+                stored.id,
+                stored.len,
+                Some(self.pins.clone()),
+            )
         };
-        let meta = SnapshotFile::decode_meta(&bytes).map_err(io_read)?;
+        let header = SnapshotReader::new(reader).map_err(|e| io_snapshot(None, e))?;
+        let meta = header.meta().clone();
+        let mut reader = header.into_inner();
+        reader
+            .rewind_for_reading()
+            .map_err(|e| io_snapshot(Some(&meta), e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(reader),
         }))
     }
 }
