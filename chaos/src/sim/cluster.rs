@@ -65,8 +65,8 @@ pub fn add_control(
             config.disk = Some(c.disk.clone());
             // One deterministic runtime for every host.
             config.own_runtime = false;
-            config.snapshot_every = 200;
-            config.logs_to_keep = 100;
+            config.snapshot_every = 30;
+            config.logs_to_keep = 10;
             let node = RaftNode::start(config).await?;
             let listener = berth_proto::net::bind(&format!("0.0.0.0:{CONTROL_PORT}")).await?;
             let leadership = Leadership::watch(node.clone());

@@ -35,6 +35,8 @@ const POINTS: &[&str] = &[
     "agent-before-reply",
     "log-before-sync",
     "apply-before-sync",
+    "snapshot-before-save",
+    "snapshot-before-install",
 ];
 
 #[derive(Debug, Clone, Serialize)]

@@ -322,6 +322,12 @@ impl StateMachineStore {
         put_meta(&mut batch, &meta.last_log_id, &meta.last_membership)?;
         batch.delete(Cf::SmMeta, keys::SNAPSHOT_INSTALLING);
         self.make_current(stored, batch)?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            records = table.len() + table.nodes().count(),
+            bytes = stored.len,
+            "installed a snapshot"
+        );
         Ok(StateView {
             last_applied: meta.last_log_id,
             membership: meta.last_membership,
