@@ -73,7 +73,8 @@ struct Args {
     /// Log output format; the filter comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Build a snapshot after this many log entries.
+    /// Build a snapshot once at least this many writes were applied since
+    /// the last one (and at least as many as there are records).
     #[arg(long, default_value_t = 1000, hide = true)]
     snapshot_every: u64,
     /// Log entries kept behind a snapshot before purging.

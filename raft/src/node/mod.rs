@@ -7,6 +7,7 @@
 //! timeout and fails `Unavailable` rather than hang (invariant 8).
 
 mod batch;
+mod compaction;
 mod leader;
 mod threads;
 
@@ -35,7 +36,9 @@ pub struct NodeConfig {
     pub addr: String,
     /// RocksDB directory.
     pub data_dir: PathBuf,
-    /// Build a snapshot after this many applied entries.
+    /// Build a snapshot once at least this many writes were applied since
+    /// the last one, and at least as many as there are records (see
+    /// `compaction`).
     pub snapshot_every: u64,
     /// Log entries to keep behind a snapshot before purging.
     pub logs_to_keep: u64,
@@ -107,7 +110,8 @@ impl NodeConfig {
             election_timeout_min: 200,
             election_timeout_max: 300,
             install_snapshot_timeout: 2_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // `compaction` decides, by writes and the size of the state.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.logs_to_keep,
             snapshot_max_chunk_size: 256 * 1024,
             max_payload_entries: 32,
@@ -159,12 +163,18 @@ impl RaftNode {
         // The core, its replication and storage tasks and the write batcher
         // are spawned on Raft's threads.
         let id = config.id;
+        let (compaction_state, snapshot_every) = (state.clone(), config.snapshot_every);
         let (raft, writes) = threads
             .run(async move {
                 let raft = Raft::new(id, raft_config, NetworkFactory, log_store, state_machine)
                     .await
                     .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
                 let writes = batch::Batcher::start(raft.clone(), leader::write_error, most);
+                tokio::spawn(compaction::run(
+                    raft.clone(),
+                    compaction_state,
+                    snapshot_every,
+                ));
                 Ok::<_, NodeError>((raft, writes))
             })
             .await??;

@@ -1,17 +1,18 @@
 //! Snapshots end to end over the stores: built from one node's records,
-//! streamed into another's, and installs a crash cut short finished on load.
+//! streamed into another's, installs a crash cut short finished on load,
+//! and when the next one is due.
 
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{RaftSnapshotBuilder, Snapshot};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::disk::{Batch, Cf, MemDisk, SharedDisk};
 use super::{keys, open, open_on, open_rocks, StateMachineStore};
 use crate::codec;
 use crate::model::{Desired, NodeRecord, Phase, SandboxRecord, SandboxSpec};
-use crate::TypeConfig;
+use crate::{Command, Proposal, TypeConfig};
 
 fn record(i: usize) -> SandboxRecord {
     SandboxRecord {
@@ -197,4 +198,54 @@ async fn streams_between_rocksdb_stores() {
     let (_, b) = open(dir_b.path()).unwrap();
     assert_eq!(b.shared().read().table, a.shared().read().table);
     assert_eq!(b.shared().read().table.len(), 3_000);
+}
+
+fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal {
+            command,
+            term: None,
+            request_id: None,
+            audit: None,
+            trace: String::new(),
+        }),
+    }
+}
+
+fn forget(i: u64) -> Command {
+    Command::ForgetVolume {
+        volume: format!("v{i}"),
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_is_due_after_as_many_writes_as_records() {
+    let disk: SharedDisk = Arc::new(MemDisk::default());
+    let mut sm = store_with(&disk, 100);
+    let state = sm.shared();
+    assert!(!state.snapshot_due(10));
+    // Writes count one by one, batched or not.
+    let batch = Command::Batch {
+        proposals: (0..60)
+            .map(|i| Proposal {
+                command: forget(i),
+                term: None,
+                request_id: None,
+                audit: None,
+                trace: String::new(),
+            })
+            .collect(),
+    };
+    sm.apply([entry(1, batch)]).await.unwrap();
+    assert_eq!(state.writes_since_snapshot(), 60);
+    assert!(!state.snapshot_due(10), "60 writes, 100 records");
+    sm.apply((2..42).map(|i| entry(i, forget(i))))
+        .await
+        .unwrap();
+    assert!(state.snapshot_due(10), "100 writes, 100 records");
+    assert!(!state.snapshot_due(1_000), "--snapshot-every is a floor");
+    sm.build_snapshot().await.unwrap();
+    assert_eq!(state.writes_since_snapshot(), 0);
+    assert!(!state.snapshot_due(10));
 }

@@ -39,7 +39,7 @@ use super::disk::{Batch, Cf, Disk, SharedDisk};
 use super::keys;
 use super::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::codec;
-use crate::model::{Change, CommandResponse, State};
+use crate::model::{Change, Command, CommandResponse, State};
 use crate::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -93,6 +93,19 @@ const TOUCHED_BACKLOG: usize = 4096;
 pub struct SharedState {
     view: Arc<RwLock<StateView>>,
     touched: tokio::sync::broadcast::Sender<Arc<Touched>>,
+    growth: Arc<Growth>,
+}
+
+/// What decides when the next snapshot is due (see
+/// [`SharedState::snapshot_due`]).
+#[derive(Debug, Default)]
+struct Growth {
+    /// Writes applied since this node started.
+    writes: AtomicU64,
+    /// `writes` when the last snapshot was taken (or installed).
+    writes_at_snapshot: AtomicU64,
+    /// Sandbox records in the state.
+    records: AtomicU64,
 }
 
 impl Default for SharedState {
@@ -100,6 +113,7 @@ impl Default for SharedState {
         Self {
             view: Arc::default(),
             touched: tokio::sync::broadcast::channel(TOUCHED_BACKLOG).0,
+            growth: Arc::default(),
         }
     }
 }
@@ -121,6 +135,39 @@ impl SharedState {
     /// must treat everything as touched.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Touched>> {
         self.touched.subscribe()
+    }
+
+    /// Whether a snapshot is due: at least `at_least` writes were applied
+    /// since the last one, and at least as many as the state holds
+    /// records. The log since a snapshot then holds about as much as the
+    /// snapshot itself, so building snapshots costs about one record
+    /// written per write however large the state grows (a fixed count
+    /// would rewrite 100,000 records every few thousand writes).
+    pub fn snapshot_due(&self, at_least: u64) -> bool {
+        let g = &self.growth;
+        let since = g.writes.load(Ordering::Relaxed) - g.writes_at_snapshot.load(Ordering::Relaxed);
+        since >= at_least.max(g.records.load(Ordering::Relaxed))
+    }
+
+    /// Writes applied since the last snapshot.
+    pub fn writes_since_snapshot(&self) -> u64 {
+        let g = &self.growth;
+        g.writes.load(Ordering::Relaxed) - g.writes_at_snapshot.load(Ordering::Relaxed)
+    }
+
+    /// Called with the view locked: the snapshot being taken holds every
+    /// write applied so far.
+    fn snapshot_taken(&self, view: &StateView) {
+        let g = &self.growth;
+        g.writes_at_snapshot
+            .store(g.writes.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.count_records(view);
+    }
+
+    fn count_records(&self, view: &StateView) {
+        self.growth
+            .records
+            .store(view.table.len() as u64, Ordering::Relaxed);
     }
 
     fn publish(&self, touched: Touched) {
@@ -201,7 +248,9 @@ impl StateMachineStore {
             store.install_stored(stored, None)?;
         }
         store.drop_unowned_chunks()?;
-        *store.state.write() = Self::read_view(disk.as_ref())?;
+        let view = Self::read_view(disk.as_ref())?;
+        store.state.count_records(&view);
+        *store.state.write() = view;
         Ok(store)
     }
 
@@ -454,6 +503,7 @@ impl StateMachineStore {
                 last_membership: view.membership.clone(),
                 snapshot_id,
             };
+            self.state.snapshot_taken(&view);
             (meta, self.disk.scan(Cf::Sm, b"", None).map_err(io_read)?)
         };
         let data = SnapshotData::writer(self.disk.clone(), id);
@@ -510,6 +560,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     CommandResponse::Applied
                 }
                 EntryPayload::Normal(proposal) => {
+                    let writes = match &proposal.command {
+                        Command::Batch { proposals } => proposals.len() as u64,
+                        _ => 1,
+                    };
+                    self.state
+                        .growth
+                        .writes
+                        .fetch_add(writes, Ordering::Relaxed);
                     let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
                     let (response, changes) = view.table.apply_proposal(term, index, &proposal);
                     for change in changes {
@@ -521,6 +579,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             responses.push(response);
         }
+        self.state.count_records(&view);
         self.put_applied_meta(&mut batch, &view)?;
         // Data and last-applied id land together; durable with the next
         // synced write (see the module doc).
@@ -571,7 +630,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         drop(data);
         let view = self.install_stored(stored, Some(meta))?;
-        *self.state.write() = view;
+        let mut current = self.state.write();
+        self.state.snapshot_taken(&view);
+        *current = view;
+        drop(current);
         self.state.publish(Touched {
             everything: true,
             ..Touched::default()
