@@ -69,10 +69,14 @@ pub async fn serve(
             leadership.clone(),
         )))
         .add_service(AccessServiceServer::new(AccessApi::new(node.clone())))
-        .add_service(AgentControlServer::new(AgentSessions::new(
-            node.clone(),
-            leadership,
-        )))
+        // An agent's register and full heartbeats carry its whole
+        // inventory: past 4 MiB (tonic's default) at about 60,000
+        // sandboxes on one node, which left such an agent unable to
+        // heartbeat or register at all.
+        .add_service(
+            AgentControlServer::new(AgentSessions::new(node.clone(), leadership))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
         .add_service(raft);
     // With TLS, each handshake uses the certificates current when the
     // connection arrives (they reload from disk without a restart).
