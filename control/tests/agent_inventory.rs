@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_proto::agent_v1::agent_control_client::AgentControlClient;
 use berth_proto::agent_v1::{
@@ -16,7 +16,6 @@ use prost::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_register_larger_than_4_mib_is_accepted() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start(3).await?;
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     // Containers berth no longer knows of: the leader only has them removed.
     let inventory: Vec<Observed> = (0..60_000)
         .map(|i| Observed {
@@ -47,19 +46,31 @@ async fn a_register_larger_than_4_mib_is_accepted() -> anyhow::Result<()> {
     let hello = AgentMessage {
         msg: Some(agent_message::Msg::Register(register)),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(hello).await?;
-    let mut inbound = AgentControlClient::new(cluster.channel(leader).await?)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
-        .await??
-        .and_then(|m| m.msg);
-    assert!(
-        matches!(first, Some(control_message::Msg::Registered(_))),
-        "{first:?}"
-    );
-    drop(tx);
-    Ok(())
+    // As an agent does: a leader still catching up says "retry".
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(hello.clone()).await?;
+        let session = AgentControlClient::new(cluster.channel(leader).await?)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        let first = match session {
+            Ok(inbound) => {
+                let mut inbound = inbound.into_inner();
+                tokio::time::timeout(Duration::from_secs(30), inbound.message())
+                    .await?
+                    .map(|m| m.and_then(|m| m.msg))
+            }
+            Err(status) => Err(status),
+        };
+        match first {
+            Ok(Some(control_message::Msg::Registered(_))) => return Ok(()),
+            Err(status) if status.code() == tonic::Code::Unavailable => {}
+            Ok(Some(control_message::Msg::Redirect(_))) => {}
+            other => panic!("the leader refused a large register: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "no leader took the register");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
