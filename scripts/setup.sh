@@ -53,8 +53,11 @@ sock=/run/podman/podman.sock
 if ! curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   $SUDO mkdir -p /run/podman
   $SUDO rm -f "$sock"
-  nohup $SUDO podman --runtime /usr/sbin/runc system service --time=0 "unix://$sock" \
-    >/tmp/berth-podman-service.log 2>&1 &
+  # Started from /: the service outlives this checkout, and conmon fails
+  # every container start ("Failed to get working directory", seen by the
+  # agent as "write child: broken pipe") once its directory is deleted.
+  (cd / && nohup $SUDO podman --runtime /usr/sbin/runc system service --time=0 "unix://$sock" \
+    >/tmp/berth-podman-service.log 2>&1 &)
   for _ in $(seq 1 50); do
     curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.2
