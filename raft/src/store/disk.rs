@@ -116,18 +116,7 @@ impl Disk for RocksDisk {
     }
 
     fn range(&self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> io::Result<Pairs> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf)?, IteratorMode::From(from, Direction::Forward))
-        {
-            let (key, value) = item.map_err(io::Error::other)?;
-            if to.is_some_and(|to| key.as_ref() >= to) {
-                break;
-            }
-            out.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(out)
+        self.scan(cf, from, to)?.collect()
     }
 
     fn scan<'a>(&'a self, cf: Cf, from: &[u8], to: Option<&[u8]>) -> io::Result<Scan<'a>> {

@@ -49,6 +49,9 @@ pub(crate) fn sandbox_key(name: &str) -> Vec<u8> {
 }
 
 pub(crate) const SANDBOX_PREFIX: &[u8] = b"sandbox/";
+/// Above every key of the `sm` column family (all start with a lowercase
+/// ASCII prefix): `[b"", SM_END)` is all of it.
+pub(crate) const SM_END: &[u8] = &[0xff; 8];
 pub(crate) const NODE_PREFIX: &[u8] = b"node/";
 
 pub(crate) fn node_key(name: &str) -> Vec<u8> {

@@ -141,7 +141,7 @@ async fn an_install_cut_short_by_a_crash_is_finished_on_load() {
         keys::SNAPSHOT_INSTALLING,
         codec::encode(&stored).unwrap(),
     );
-    batch.delete_range(Cf::Sm, b"", [0xff; 8]);
+    batch.delete_range(Cf::Sm, b"", keys::SM_END);
     batch.put(
         Cf::Sm,
         keys::sandbox_key("s1"),

@@ -144,9 +144,7 @@ impl SharedState {
     /// written per write however large the state grows (a fixed count
     /// would rewrite 100,000 records every few thousand writes).
     pub fn snapshot_due(&self, at_least: u64) -> bool {
-        let g = &self.growth;
-        let since = g.writes.load(Ordering::Relaxed) - g.writes_at_snapshot.load(Ordering::Relaxed);
-        since >= at_least.max(g.records.load(Ordering::Relaxed))
+        self.writes_since_snapshot() >= at_least.max(self.growth.records.load(Ordering::Relaxed))
     }
 
     /// Writes applied since the last snapshot.
@@ -243,12 +241,14 @@ impl StateMachineStore {
             pins: Pins::default(),
             snapshots: Arc::default(),
         };
-        if let Some(stored) = installing {
-            tracing::info!(id = stored.id, "finishing a snapshot install cut short");
-            store.install_stored(stored, None)?;
-        }
+        let view = match installing {
+            Some(stored) => {
+                tracing::info!(id = stored.id, "finishing a snapshot install cut short");
+                store.install_stored(stored, None)?
+            }
+            None => Self::read_view(disk.as_ref())?,
+        };
         store.drop_unowned_chunks()?;
-        let view = Self::read_view(disk.as_ref())?;
         store.state.count_records(&view);
         *store.state.write() = view;
         Ok(store)
@@ -294,10 +294,6 @@ impl StateMachineStore {
     /// The view readers use.
     pub fn shared(&self) -> SharedState {
         self.state.clone()
-    }
-
-    fn put_applied_meta(&self, batch: &mut Batch, view: &StateView) -> StorageResult<()> {
-        put_meta(batch, &view.last_applied, &view.membership)
     }
 
     /// Records `stored` as the current snapshot, with `batch`, synced; the
@@ -346,7 +342,7 @@ impl StateMachineStore {
             keys::SNAPSHOT_INSTALLING,
             codec::encode(&stored).map_err(io_write)?,
         );
-        batch.delete_range(Cf::Sm, b"", [0xff; 8]);
+        batch.delete_range(Cf::Sm, b"", keys::SM_END);
         self.disk.write(batch, true).map_err(io_write)?;
 
         let mut table = State::default();
@@ -580,7 +576,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(response);
         }
         self.state.count_records(&view);
-        self.put_applied_meta(&mut batch, &view)?;
+        put_meta(&mut batch, &view.last_applied, &view.membership)?;
         // Data and last-applied id land together; durable with the next
         // synced write (see the module doc).
         berth_proto::chaos::failpoint("apply-before-sync");
