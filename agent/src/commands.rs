@@ -15,7 +15,7 @@
 //! same lane as the sandbox's other commands; it only makes the image local
 //! and replies with the sandbox as it is (just the name if nothing exists).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use berth_proto::agent_v1::{
@@ -41,15 +41,35 @@ pub struct CommandRunner {
     fence: Arc<Fence>,
     lanes: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
     pulls: Pulls,
-    activity: Arc<Mutex<Activity>>,
+    touched: Arc<Mutex<Touched>>,
 }
 
-/// Commands running now, and commands finished so far: a heartbeat may say
-/// "unchanged" only if none ran since the last full one (see `session`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Activity {
-    pub running: u64,
-    pub finished: u64,
+/// Which sandboxes (by uid) commands touched, and when: a delta heartbeat
+/// must carry every sandbox whose command result may have told the leader
+/// something newer than the previous listing (see `heartbeat`).
+#[derive(Debug, Default)]
+struct Touched {
+    /// Uid -> seq of the last command start or finish.
+    at: HashMap<String, u64>,
+    /// Uid -> commands running now.
+    running: HashMap<String, u32>,
+}
+
+impl Touched {
+    /// A command for `uid` starts (`+1`) or finishes (`-1`). The seq is
+    /// taken under the caller's lock, so a listing that begins after it
+    /// always sees it (see [`CommandRunner::begin_listing`]).
+    fn touch(&mut self, uid: &str, delta: i32) {
+        if uid.is_empty() {
+            return;
+        }
+        self.at.insert(uid.to_string(), next_seq());
+        let count = self.running.entry(uid.to_string()).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.running.remove(uid);
+        }
+    }
 }
 
 /// The fencing decision for a command with `term`: `None` to go ahead (the
@@ -78,13 +98,21 @@ impl CommandRunner {
             fence,
             lanes: Mutex::new(HashMap::new()),
             pulls: Pulls::default(),
-            activity: Arc::default(),
+            touched: Arc::default(),
         }
     }
 
-    /// Commands running now and finished so far (see [`Activity`]).
-    pub fn activity(&self) -> Activity {
-        *self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    /// Begins an inventory listing: returns the seq to stamp it with, and
+    /// the uids commands touched since the listing that began at `since`
+    /// (started or finished after it, or running now). Forgets touches up
+    /// to `since`: listings of one agent begin at growing seqs.
+    pub fn begin_listing(&self, since: u64) -> (u64, BTreeSet<String>) {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = next_seq();
+        touched.at.retain(|_, at| *at > since);
+        let mut uids: BTreeSet<String> = touched.at.keys().cloned().collect();
+        uids.extend(touched.running.keys().cloned());
+        (seq, uids)
     }
 
     /// Marks every sandbox whose image pull runs now with its progress, so
@@ -126,7 +154,7 @@ impl CommandRunner {
                     self.driver.clone(),
                     self.fence.clone(),
                     self.pulls.clone(),
-                    self.activity.clone(),
+                    self.touched.clone(),
                 )
             });
             match lane.send(job) {
@@ -145,10 +173,14 @@ fn spawn_lane(
     driver: Arc<dyn Driver>,
     fence: Arc<Fence>,
     pulls: Pulls,
-    activity: Arc<Mutex<Activity>>,
+    touched: Arc<Mutex<Touched>>,
 ) -> mpsc::UnboundedSender<Job> {
-    let update =
-        move |f: fn(&mut Activity)| f(&mut activity.lock().unwrap_or_else(|p| p.into_inner()));
+    let touch = move |uid: &str, delta: i32| {
+        touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .touch(uid, delta)
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
@@ -160,12 +192,10 @@ fn spawn_lane(
                 let mut map = pulls.lock().unwrap_or_else(|p| p.into_inner());
                 map.insert(uid.clone(), p.image.clone());
             }
-            update(|a| a.running += 1);
+            let uid = uid_of(&job.command).to_string();
+            touch(&uid, 1);
             let result = execute(driver.as_ref(), &fence, job.command).await;
-            update(|a| {
-                a.running -= 1;
-                a.finished += 1;
-            });
+            touch(&uid, -1);
             if let Some(uid) = pulling {
                 let mut map = pulls.lock().unwrap_or_else(|p| p.into_inner());
                 map.remove(&uid);
@@ -348,6 +378,17 @@ fn sandbox_of(command: &Command) -> &str {
         Some(Op::Stop(s)) => &s.name,
         Some(Op::Remove(r)) => &r.name,
         Some(Op::Pull(p)) => &p.name,
+        None => "",
+    }
+}
+
+/// The uid of the sandbox a command is for (empty if it names none).
+fn uid_of(command: &Command) -> &str {
+    match &command.op {
+        Some(Op::Ensure(e)) => &e.uid,
+        Some(Op::Stop(s)) => &s.uid,
+        Some(Op::Remove(r)) => &r.uid,
+        Some(Op::Pull(p)) => &p.uid,
         None => "",
     }
 }

@@ -18,5 +18,6 @@ pub mod data_server;
 pub mod driver;
 pub mod fence;
 mod fsutil;
+mod heartbeat;
 pub mod identity;
 pub mod session;

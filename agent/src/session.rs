@@ -5,8 +5,8 @@
 //!    └ connect ─ send Register{inventory, highest_term}
 //!        ├ Redirect{leader_addr} ─▶ prefer leader_addr, reconnect at once
 //!        └ Registered{term} ─▶ fence.observe(term)
-//!             ├ every 1 s: Heartbeat{inventory}, or {unchanged} when nothing
-//!             │  changed and no command ran (a full one every 10 s)
+//!             ├ every 1 s: Heartbeat{what changed since the last one}
+//!             │  (see `heartbeat`; all of it to a leader without deltas)
 //!             └ Command ─▶ CommandRunner (fenced, serialized per sandbox)
 //!  stream error/end ─▶ back off (200 ms doubling to 2 s) ─▶ reconnect
 //! ```
@@ -20,18 +20,15 @@ use std::time::Duration;
 
 use berth_proto::agent_v1::{
     agent_control_client::AgentControlClient, agent_message, control_message, AgentMessage,
-    Heartbeat, Observed, Redirect, Register,
+    Redirect, Register,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::commands::{Activity, CommandRunner};
+use crate::commands::CommandRunner;
 use crate::driver::Driver;
 use crate::fence::Fence;
 
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// At least every this many heartbeats is a full one.
-const FULL_EVERY: u32 = 10;
 const FIRST_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -229,11 +226,11 @@ impl Session {
         *registered = true;
         tracing::info!(%addr, leader_id = accepted.leader_id, term = accepted.term, node = %self.cfg.node_name, "registered with leader");
 
-        let heartbeat = tokio::spawn(heartbeats(
+        let heartbeat = tokio::spawn(crate::heartbeat::heartbeats(
             self.driver.clone(),
             self.runner.clone(),
             tx.clone(),
-            accepted.accepts_unchanged,
+            accepted.accepts_delta,
             inventory,
             inventory_seq,
         ));
@@ -264,85 +261,6 @@ impl Drop for ConnectedGauge {
     fn drop(&mut self) {
         berth_telemetry::metrics::get().agent_connected.set(0);
     }
-}
-
-/// Send `Heartbeat{inventory}` every second until the session closes. If
-/// the engine cannot be listed, the last good inventory is repeated (an
-/// empty one would read as "everything vanished").
-///
-/// To a leader that `accepts_unchanged`, a heartbeat whose inventory is
-/// the same as the last full one sent says only `unchanged`, if no command
-/// ran or finished since that full one's listing began (a command's result
-/// may have given the leader a newer observation than the heartbeat's);
-/// every [`FULL_EVERY`]th heartbeat is full regardless.
-async fn heartbeats(
-    driver: Arc<dyn Driver>,
-    runner: Arc<CommandRunner>,
-    tx: mpsc::Sender<AgentMessage>,
-    accepts_unchanged: bool,
-    mut last: Vec<Observed>,
-    mut last_seq: u64,
-) {
-    let start = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
-    let mut tick = tokio::time::interval_at(start, HEARTBEAT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The last full heartbeat: what it said, and the activity before it.
-    let mut sent: Option<(Vec<Observed>, Activity)> = None;
-    let mut since_full = 0;
-    loop {
-        tick.tick().await;
-        let activity = runner.activity();
-        let seq = crate::commands::next_seq();
-        match driver.inventory().await {
-            Ok(mut inv) => {
-                crate::commands::stamp(&mut inv, seq);
-                last = inv;
-                last_seq = seq;
-            }
-            Err(e) => tracing::warn!(error = %e, "inventory failed; repeating the last one"),
-        }
-        let mut inventory = last.clone();
-        runner.annotate(&mut inventory);
-        since_full += 1;
-        let unchanged = accepts_unchanged
-            && since_full < FULL_EVERY
-            && activity.running == 0
-            && sent.as_ref().is_some_and(|(previous, before)| {
-                *before == activity && same_inventory(previous, &inventory)
-            });
-        let hb = if unchanged {
-            Heartbeat {
-                inventory: Vec::new(),
-                seq: last_seq,
-                unchanged: true,
-            }
-        } else {
-            since_full = 0;
-            sent = Some((inventory.clone(), activity));
-            Heartbeat {
-                inventory,
-                seq: last_seq,
-                unchanged: false,
-            }
-        };
-        if tx
-            .send(message(agent_message::Msg::Heartbeat(hb)))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// Every observation equal but for its seq, in the same order.
-fn same_inventory(a: &[Observed], b: &[Observed]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            let mut y = y.clone();
-            y.seq = x.seq;
-            *x == y
-        })
 }
 
 /// An error with its sources ("connect failed: transport error: refused").

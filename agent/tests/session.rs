@@ -1,8 +1,8 @@
 //! The control session against fake control nodes over real loopback gRPC:
 //! a follower redirects to the leader, the leader registers the agent at
 //! its term, stale commands (Ensure and Pull) are refused, fresh ones run,
-//! heartbeats flow (saying only "unchanged" when nothing changed and no
-//! command ran, to a leader that accepts it),
+//! heartbeats flow (full to a leader without deltas; to one with them,
+//! only what changed or a command touched),
 //! and a dropped stream makes the agent reconnect with its raised term.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +16,7 @@ use berth_proto::agent_v1::agent_control_server::{AgentControl, AgentControlServ
 use berth_proto::agent_v1::{
     agent_message::Msg as Up, command::Op, control_message::Msg as Down, AgentMessage, Command,
     CommandResult, ContainerState, ControlMessage, Ensure, Heartbeat, Pull, Redirect, Registered,
+    Remove,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -168,11 +169,12 @@ async fn scenario() {
         up.message().await.unwrap().unwrap().msg,
         Some(Up::Register(_))
     ));
-    // A leader that predates `Heartbeat.unchanged`: every heartbeat is full.
+    // A leader that predates `Heartbeat.delta`: every heartbeat is full.
     let registered = Registered {
         leader_id: 2,
         term: 5,
         accepts_unchanged: false,
+        accepts_delta: false,
     };
     tx.send(down(Down::Registered(registered))).await.unwrap();
     let mut heartbeats = 0;
@@ -214,7 +216,7 @@ async fn scenario() {
         }
     };
     assert_eq!(hb.inventory.len(), 1);
-    assert!(!hb.unchanged);
+    assert!(!hb.unchanged && !hb.delta);
 
     // The leader goes away: the agent reconnects (round-robin) and
     // registers with the raised term; nothing was deleted.
@@ -244,24 +246,38 @@ async fn next_heartbeats(up: &mut Streaming<AgentMessage>, n: usize) -> Vec<Hear
     beats
 }
 
-/// The first full heartbeat among the next two (one may have been on its
-/// way before the change).
-async fn next_full(up: &mut Streaming<AgentMessage>) -> Heartbeat {
+/// The first heartbeat among the next two that says anything (one may
+/// have been on its way before the change).
+async fn next_news(up: &mut Streaming<AgentMessage>) -> Heartbeat {
     next_heartbeats(up, 2)
         .await
         .into_iter()
-        .find(|hb| !hb.unchanged)
-        .expect("a full heartbeat within two")
+        .find(|hb| !hb.inventory.is_empty() || !hb.gone.is_empty())
+        .expect("news within two heartbeats")
+}
+
+fn remove(id: u64, term: u64) -> Down {
+    Down::Command(Command {
+        traceparent: String::new(),
+        command_id: id,
+        term,
+        op: Some(Op::Remove(Remove {
+            name: "s1".into(),
+            uid: "u1".into(),
+            volume: "vol-s1".into(),
+            ..Default::default()
+        })),
+    })
 }
 
 #[tokio::test]
-async fn heartbeats_say_unchanged_only_when_nothing_changed_or_ran() {
-    tokio::time::timeout(Duration::from_secs(30), unchanged_scenario())
+async fn heartbeats_carry_only_what_changed_or_a_command_touched() {
+    tokio::time::timeout(Duration::from_secs(30), delta_scenario())
         .await
-        .expect("unchanged scenario timed out");
+        .expect("delta scenario timed out");
 }
 
-async fn unchanged_scenario() {
+async fn delta_scenario() {
     let (leader, mut sessions) = fake_control().await;
     let data = tempfile::tempdir().unwrap();
     let fence = Arc::new(Fence::load(data.path()).unwrap());
@@ -279,37 +295,46 @@ async fn unchanged_scenario() {
         leader_id: 1,
         term: 1,
         accepts_unchanged: true,
+        accepts_delta: true,
     };
     tx.send(down(Down::Registered(registered))).await.unwrap();
     tx.send(down(ensure(1, 1))).await.unwrap();
     let r = next_result(&mut up, &mut 0).await;
     assert!(r.ok, "{r:?}");
 
-    // After the command, one full heartbeat; then, nothing changing, only
-    // "unchanged" with no inventory.
-    let full = next_full(&mut up).await;
-    assert_eq!(full.inventory.len(), 1);
-    assert_eq!(full.inventory[0].state, ContainerState::Running as i32);
+    // After the command, a delta with the new sandbox; then, nothing
+    // changing, empty deltas.
+    let news = next_news(&mut up).await;
+    assert!(news.delta && news.gone.is_empty(), "{news:?}");
+    assert_eq!(news.inventory.len(), 1);
+    assert_eq!(news.inventory[0].state, ContainerState::Running as i32);
     let beats = next_heartbeats(&mut up, 3).await;
     assert!(
         beats
             .iter()
-            .all(|hb| hb.unchanged && hb.inventory.is_empty()),
+            .all(|hb| hb.delta && hb.inventory.is_empty() && hb.gone.is_empty()),
         "{beats:?}"
     );
 
-    // A change no command made: the next heartbeat is full.
+    // A change no command made: said once.
     driver.stop("s1", "u1").await.unwrap();
-    let full = next_full(&mut up).await;
-    assert_eq!(full.inventory[0].state, ContainerState::Exited as i32);
-    assert!(next_heartbeats(&mut up, 1).await[0].unchanged);
+    let news = next_news(&mut up).await;
+    assert_eq!(news.inventory[0].state, ContainerState::Exited as i32);
+    assert!(next_heartbeats(&mut up, 1).await[0].inventory.is_empty());
 
-    // A command that changes nothing still makes the next one full: its
-    // result may have told the leader something newer than a heartbeat.
+    // A command that changes nothing still puts its sandbox in the next
+    // delta: its result may have told the leader something newer.
     tx.send(down(pull(2, 1))).await.unwrap();
     assert!(next_result(&mut up, &mut 0).await.ok);
-    let again = next_full(&mut up).await;
+    let again = next_news(&mut up).await;
     assert_eq!(again.inventory.len(), 1);
     assert_eq!(again.inventory[0].state, ContainerState::Exited as i32);
+
+    // A removed sandbox is gone.
+    tx.send(down(remove(3, 1))).await.unwrap();
+    assert!(next_result(&mut up, &mut 0).await.ok);
+    let gone = next_news(&mut up).await;
+    assert!(gone.inventory.is_empty(), "{gone:?}");
+    assert_eq!(gone.gone, ["u1"]);
     running.abort();
 }

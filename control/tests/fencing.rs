@@ -99,6 +99,7 @@ impl AgentControl for DeposedLeader {
                 leader_id: 1,
                 term: self.claimed_term,
                 accepts_unchanged: false,
+                accepts_delta: false,
             })))
             .await;
         let ensure = Ensure {

@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod clock;
 pub mod dial;
 pub mod entropy;
+pub mod inventory;
 pub mod net;
 pub mod policy;
 pub mod probe;

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use tokio::time::Instant;
 
 use berth_proto::agent_v1::{ContainerState, Observed};
+use berth_proto::inventory::{by_uid, same};
 use ractor::ActorRef;
 
 use super::node_actor::NodeMsg;
@@ -23,6 +24,9 @@ struct LiveNode {
     actor: ActorRef<NodeMsg>,
     /// By sandbox uid; None until the first inventory arrives.
     inventory: Option<BTreeMap<String, Observed>>,
+    /// Seq of the last listing applied: every observation in `inventory`
+    /// was seen at least this recently (a delta leaves out the unchanged).
+    listed_seq: u64,
     last_seen: Instant,
 }
 
@@ -31,36 +35,6 @@ struct LiveNode {
 pub enum Link {
     Disconnected,
     Connected(Option<Observed>),
-}
-
-/// The same observation, whenever it was made (every field but `seq`;
-/// compared in place: an inventory of thousands arrives every second).
-fn same(a: &Observed, b: &Observed) -> bool {
-    let Observed {
-        name,
-        uid,
-        revision,
-        container_id,
-        state,
-        exit_code,
-        started_at,
-        volume,
-        volume_present,
-        message,
-        seq: _,
-        pull_progress,
-    } = a;
-    *name == b.name
-        && *uid == b.uid
-        && *revision == b.revision
-        && *container_id == b.container_id
-        && *state == b.state
-        && *exit_code == b.exit_code
-        && *started_at == b.started_at
-        && *volume == b.volume
-        && *volume_present == b.volume_present
-        && *message == b.message
-        && *pull_progress == b.pull_progress
 }
 
 #[derive(Clone, Default)]
@@ -102,6 +76,7 @@ impl Directory {
                 session,
                 actor,
                 inventory: None,
+                listed_seq: 0,
                 last_seen: Instant::now(),
             },
         );
@@ -136,17 +111,7 @@ impl Directory {
         let Some(live) = nodes.get_mut(node).filter(|n| n.session == session) else {
             return vec![];
         };
-        let mut new: BTreeMap<String, Observed> = BTreeMap::new();
-        for o in inventory.into_iter().filter(|o| !o.uid.is_empty()) {
-            // A container and a left-over volume of one uid: the container
-            // is the sandbox (it names the volume itself).
-            let keep_old = new
-                .get(&o.uid)
-                .is_some_and(|k| k.state() != ContainerState::Absent);
-            if !keep_old {
-                new.insert(o.uid.clone(), o);
-            }
-        }
+        let mut new = by_uid(inventory);
         if let Some(old) = &live.inventory {
             for (uid, o) in old.iter().filter(|(_, o)| o.seq > seq) {
                 new.insert(uid.clone(), o.clone());
@@ -172,8 +137,50 @@ impl Directory {
             self.topology_changed();
         }
         live.inventory = Some(new);
+        live.listed_seq = seq;
         live.last_seen = Instant::now();
         changed
+    }
+
+    /// Applies a delta heartbeat: `changed` and `gone` are what differs
+    /// from the session's previous listing, in a listing that began at
+    /// `seq`; each entry follows the rule of [`Self::set_inventory`] (an
+    /// observation newer than the listing is kept), and everything else
+    /// stands as seen again at `seq`. Returns the names of the sandboxes
+    /// whose observation changed, or None (nothing recorded) if the node
+    /// has no inventory yet or the session is not the live one.
+    pub fn apply_delta(
+        &self,
+        node: &str,
+        session: u64,
+        changed: Vec<Observed>,
+        gone: Vec<String>,
+        seq: u64,
+    ) -> Option<Vec<String>> {
+        let mut nodes = self.write();
+        let live = nodes.get_mut(node).filter(|n| n.session == session)?;
+        let inventory = live.inventory.as_mut()?;
+        let mut names = Vec::new();
+        for o in changed.into_iter().filter(|o| !o.uid.is_empty()) {
+            match inventory.get(&o.uid) {
+                Some(old) if old.seq > seq => {}
+                Some(old) if same(old, &o) => {}
+                _ => names.push(o.name.clone()),
+            }
+            if inventory.get(&o.uid).is_none_or(|old| old.seq <= seq) {
+                inventory.insert(o.uid.clone(), o);
+            }
+        }
+        for uid in gone {
+            if inventory.get(&uid).is_some_and(|old| old.seq <= seq) {
+                if let Some(old) = inventory.remove(&uid) {
+                    names.push(old.name);
+                }
+            }
+        }
+        live.listed_seq = live.listed_seq.max(seq);
+        live.last_seen = Instant::now();
+        Some(names)
     }
 
     /// Records that `node`'s session `session` reported its inventory
@@ -200,12 +207,16 @@ impl Directory {
         if uid.is_empty() {
             return;
         }
-        if let Some(inv) = self
-            .write()
-            .get_mut(node)
-            .and_then(|n| n.inventory.as_mut())
-        {
-            if inv.get(uid).is_none_or(|old| old.seq <= observed.seq) {
+        let mut nodes = self.write();
+        let Some(live) = nodes.get_mut(node) else {
+            return;
+        };
+        let listed = live.listed_seq;
+        if let Some(inv) = live.inventory.as_mut() {
+            // The last listing (at `listed`) saw every sandbox it left
+            // out of a delta as before, and none it did not list.
+            let known = inv.get(uid).map_or(listed, |old| old.seq.max(listed));
+            if known <= observed.seq {
                 if observed.uid == uid {
                     inv.insert(uid.to_string(), observed);
                 } else if let Some(old) = inv.get_mut(uid) {
@@ -261,38 +272,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn observations_are_the_same_whatever_their_seq_and_differ_in_any_other_field() {
-        let a = obs("a", ContainerState::Running, 1);
-        assert!(same(&a, &obs("a", ContainerState::Running, 9)));
-        assert!(!same(&a, &obs("a", ContainerState::Exited, 1)));
-        let changed = [
-            Observed {
-                started_at: "t2".into(),
-                ..a.clone()
-            },
-            Observed {
-                exit_code: 1,
-                ..a.clone()
-            },
-            Observed {
-                volume_present: true,
-                ..a.clone()
-            },
-            Observed {
-                pull_progress: "1/2".into(),
-                ..a.clone()
-            },
-            Observed {
-                revision: 2,
-                ..a.clone()
-            },
-        ];
-        for b in changed {
-            assert!(!same(&a, &b), "{b:?}");
-        }
-    }
-
     struct Noop;
 
     impl ractor::Actor for Noop {
@@ -338,6 +317,206 @@ mod tests {
             panic!()
         };
         assert_eq!(a.seq, 12);
+        actor.stop(None);
+    }
+
+    /// A delta changes what it names and nothing else, by the seq rule of a
+    /// full listing; what it leaves out stands as seen again at its seq.
+    #[tokio::test]
+    async fn a_delta_changes_what_it_names_by_the_seq_rule() {
+        use ContainerState::{Exited, Running};
+        let (actor, dir) = connected().await;
+        assert_eq!(
+            dir.apply_delta("n", 1, vec![], vec![], 1),
+            None,
+            "no inventory yet"
+        );
+        let listing = vec![
+            obs("a", Running, 5),
+            obs("b", Running, 5),
+            obs("c", Running, 5),
+        ];
+        dir.set_inventory("n", 1, listing, 5);
+        assert_eq!(
+            dir.apply_delta("n", 2, vec![], vec![], 6),
+            None,
+            "a stale session"
+        );
+
+        // b exited, c is gone, d is new; a is said again unchanged.
+        let changed = vec![
+            obs("a", Running, 7),
+            obs("b", Exited, 7),
+            obs("d", Running, 7),
+        ];
+        let names = dir.apply_delta("n", 1, changed, vec!["uid-c".into()], 7);
+        assert_eq!(names, Some(vec!["b".into(), "d".into(), "c".into()]));
+        let state = |uid: &str| match dir.link("n", uid) {
+            Link::Connected(o) => o.map(|o| (o.state(), o.seq)),
+            Link::Disconnected => panic!("disconnected"),
+        };
+        assert_eq!(state("uid-a"), Some((Running, 7)));
+        assert_eq!(state("uid-b"), Some((Exited, 7)));
+        assert_eq!(state("uid-c"), None);
+        assert_eq!(state("uid-d"), Some((Running, 7)));
+
+        // Command results observed at 10 (a exited, e created), then a
+        // delta listed at 9 that still shows a running and no e: the
+        // newer results stand.
+        dir.update_observed("n", "uid-a", obs("a", Exited, 10));
+        dir.update_observed("n", "uid-e", obs("e", Running, 10));
+        let names = dir.apply_delta("n", 1, vec![obs("a", Running, 9)], vec!["uid-e".into()], 9);
+        assert_eq!(names, Some(vec![]));
+        assert_eq!(state("uid-a"), Some((Exited, 10)));
+        assert_eq!(state("uid-e"), Some((Running, 10)));
+
+        // d, left out of a delta listed at 12, was seen running at 12: a
+        // command result observed at 11 is older and does not replace it.
+        dir.apply_delta("n", 1, vec![], vec![], 12);
+        dir.update_observed("n", "uid-d", obs("d", Exited, 11));
+        assert_eq!(state("uid-d"), Some((Running, 7)));
+        dir.update_observed("n", "uid-d", obs("d", Exited, 13));
+        assert_eq!(state("uid-d"), Some((Exited, 13)));
+        actor.stop(None);
+    }
+
+    /// The agent's side of [`deltas_leave_the_leader_where_full_listings_would`]:
+    /// its sandboxes, commands in flight, and what it last reported.
+    #[derive(Default)]
+    struct Agent {
+        seq: u64,
+        /// Uid -> state (present sandboxes only).
+        truth: BTreeMap<String, ContainerState>,
+        /// Uid -> seq of the last command start or finish; uids running.
+        touched: BTreeMap<String, u64>,
+        running: BTreeMap<String, u64>,
+        /// Results made but not yet delivered: (uid, observation).
+        results: Vec<(String, Observed)>,
+        reported: BTreeMap<String, Observed>,
+        base: u64,
+    }
+
+    impl Agent {
+        fn next(&mut self) -> u64 {
+            self.seq += 1;
+            self.seq
+        }
+
+        fn observe(&self, uid: &str, seq: u64) -> Observed {
+            Observed {
+                name: format!("name-{uid}"),
+                uid: uid.into(),
+                state: self
+                    .truth
+                    .get(uid)
+                    .copied()
+                    .unwrap_or(ContainerState::Absent) as i32,
+                seq,
+                ..Observed::default()
+            }
+        }
+
+        fn listing(&mut self) -> (u64, Vec<Observed>, std::collections::BTreeSet<String>) {
+            let seq = self.next();
+            let base = self.base;
+            self.touched.retain(|_, at| *at > base);
+            let mut touched: std::collections::BTreeSet<String> =
+                self.touched.keys().cloned().collect();
+            touched.extend(self.running.keys().cloned());
+            let listing = self.truth.keys().map(|u| self.observe(u, seq)).collect();
+            (seq, listing, touched)
+        }
+    }
+
+    /// Drives one directory with full listings and another with the deltas
+    /// an agent computes from the same listings, through random external
+    /// changes, commands (a result is made when one finishes and delivered
+    /// late, even after later heartbeats): after every step both say the
+    /// same about every sandbox.
+    #[tokio::test]
+    async fn deltas_leave_the_leader_where_full_listings_would() {
+        let (actor, full) = connected().await;
+        let delta_dir = Directory::default();
+        delta_dir.connect("n", 1, actor.clone());
+        let uids: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let states = [ContainerState::Running, ContainerState::Exited];
+        let mut agent = Agent::default();
+        let (seq, listing, _) = agent.listing();
+        full.set_inventory("n", 1, listing.clone(), seq);
+        delta_dir.set_inventory("n", 1, listing.clone(), seq);
+        (agent.reported, agent.base) = (by_uid(listing), seq);
+        let mut log: Vec<String> = Vec::new();
+        for step in 0..20_000 {
+            let uid = uids[random(uids.len())].clone();
+            log.push(format!("step {step} seq {} {uid}", agent.seq));
+            match random(6) {
+                0 => {
+                    // Something outside berth changes the sandbox.
+                    match random(3) {
+                        0 => agent.truth.remove(&uid),
+                        _ => agent.truth.insert(uid, states[random(2)]),
+                    };
+                }
+                1 if !agent.running.contains_key(&uid) => {
+                    let at = agent.next();
+                    agent.touched.insert(uid.clone(), at);
+                    agent.running.insert(uid, at);
+                }
+                2 if agent.running.contains_key(&uid) => {
+                    // It finishes: maybe changes the sandbox, reports it.
+                    match random(3) {
+                        0 => agent.truth.remove(&uid),
+                        1 => agent.truth.insert(uid.clone(), states[random(2)]),
+                        _ => None,
+                    };
+                    let at = agent.next();
+                    let result = agent.observe(&uid, at);
+                    agent.results.push((uid.clone(), result));
+                    agent.running.remove(&uid);
+                    let at = agent.next();
+                    agent.touched.insert(uid, at);
+                }
+                3 if !agent.results.is_empty() => {
+                    let (uid, result) = agent.results.remove(random(agent.results.len()));
+                    log.push(format!("deliver {uid} {result:?}"));
+                    full.update_observed("n", &uid, result.clone());
+                    delta_dir.update_observed("n", &uid, result);
+                }
+                _ => {
+                    let (seq, listing, touched) = agent.listing();
+                    let current = by_uid(listing.clone());
+                    let (changed, gone) =
+                        berth_proto::inventory::delta(&agent.reported, &current, &touched);
+                    log.push(format!("listing {seq} {listing:?} delta {changed:?} gone {gone:?} touched {touched:?}"));
+                    full.set_inventory("n", 1, listing, seq);
+                    delta_dir.apply_delta("n", 1, changed, gone, seq);
+                    (agent.reported, agent.base) = (current, seq);
+                }
+            }
+            for uid in &uids {
+                let (Link::Connected(a), Link::Connected(b)) =
+                    (full.link("n", uid), delta_dir.link("n", uid))
+                else {
+                    panic!("disconnected");
+                };
+                let agree = match (&a, &b) {
+                    (Some(a), Some(b)) => same(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                };
+                assert!(
+                    agree,
+                    "step {step}, {uid}: full {a:?}, delta {b:?}\n{}",
+                    log[log.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
         actor.stop(None);
     }
 

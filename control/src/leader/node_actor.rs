@@ -122,6 +122,24 @@ impl NodeState {
         self.mark_ready().await;
     }
 
+    /// A delta heartbeat: only what changed since the session's previous
+    /// listing (see `Directory::apply_delta`).
+    async fn on_delta(
+        &self,
+        changed: Vec<berth_proto::agent_v1::Observed>,
+        gone: Vec<String>,
+        seq: u64,
+    ) {
+        let applied = self
+            .ctx
+            .directory
+            .apply_delta(&self.name, self.session, changed, gone, seq);
+        if let Some(changed) = applied {
+            self.nudge(&changed);
+            self.mark_ready().await;
+        }
+    }
+
     /// A heartbeat that says nothing changed: the agent is alive and its
     /// inventory is the one the directory has.
     async fn on_unchanged(&self) {
@@ -237,6 +255,7 @@ impl Actor for NodeActor {
                 leader_id: ctx.node.id(),
                 term: ctx.term,
                 accepts_unchanged: true,
+                accepts_delta: true,
             })),
         };
         outbound.send(Ok(registered)).await?;
@@ -281,6 +300,9 @@ impl Actor for NodeActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Inbound(AgentMessage { msg: Some(msg) }) => match msg {
+                agent_message::Msg::Heartbeat(hb) if hb.delta => {
+                    state.on_delta(hb.inventory, hb.gone, hb.seq).await
+                }
                 agent_message::Msg::Heartbeat(hb) if hb.unchanged => state.on_unchanged().await,
                 agent_message::Msg::Heartbeat(hb) => state.on_inventory(hb.inventory, hb.seq).await,
                 agent_message::Msg::Result(result) => {
