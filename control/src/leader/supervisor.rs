@@ -253,7 +253,7 @@ impl SupervisorState {
         }
         if std::mem::take(&mut self.phases_dirty) {
             let state = self.ctx.node.state().read();
-            super::telemetry::count_phases(state.table.iter());
+            super::telemetry::count_phases(state.table.phase_counts());
         }
     }
 

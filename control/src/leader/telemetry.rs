@@ -61,12 +61,8 @@ pub fn phase_ended(op: &Operation, to: UpdatePhase, elapsed_ms: u64) {
     }
 }
 
-/// Set the sandboxes-by-phase gauges from the whole table.
-pub fn count_phases<'a>(records: impl Iterator<Item = &'a SandboxRecord>) {
-    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
-    for r in records {
-        *counts.entry(r.phase.as_str()).or_default() += 1;
-    }
+/// Set the sandboxes-by-phase gauges from the table's counts.
+pub fn count_phases(counts: &BTreeMap<&'static str, usize>) {
     let m = metrics::get();
     // Every phase is always exported (0 when no sandbox is in it).
     let all = [
@@ -82,7 +78,7 @@ pub fn count_phases<'a>(records: impl Iterator<Item = &'a SandboxRecord>) {
             .get_or_create(&PhaseLabel {
                 phase: phase.to_string(),
             })
-            .set(counts.get(phase).copied().unwrap_or(0));
+            .set(counts.get(phase).map_or(0, |&n| n as i64));
     }
 }
 

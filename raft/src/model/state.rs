@@ -56,6 +56,9 @@ pub struct State {
     /// What each tenant's sandboxes hold (derived from `sandboxes` in the
     /// same way, so a quota check never scans every sandbox either).
     usage: BTreeMap<String, Usage>,
+    /// How many sandboxes are in each phase (derived in the same way, so
+    /// the phase gauges never scan every sandbox).
+    phases: BTreeMap<&'static str, usize>,
     nodes: BTreeMap<String, NodeRecord>,
     requests: BTreeMap<String, RequestRecord>,
     /// Request ids by the log position that first carried them, for eviction.
@@ -71,6 +74,17 @@ pub struct State {
 }
 
 type Applied = (CommandResponse, Vec<Change>);
+
+/// One less under `key`; a count that reaches 0 is removed (so derived
+/// counts compare equal however the state was built).
+fn decrement<K: Ord + std::borrow::Borrow<str>>(counts: &mut BTreeMap<K, usize>, key: &str) {
+    if let Some(count) = counts.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
+}
 
 pub(super) fn not_found(name: &str) -> Applied {
     (
@@ -182,6 +196,12 @@ impl State {
         self.placed.get(node).copied().unwrap_or(0)
     }
 
+    /// How many sandboxes are in each phase (by `Phase::as_str`; a phase
+    /// no sandbox was ever in may be missing).
+    pub fn phase_counts(&self) -> &BTreeMap<&'static str, usize> {
+        &self.phases
+    }
+
     /// All node records, ordered by name.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
         self.nodes.values()
@@ -192,6 +212,7 @@ impl State {
         if let Some(node) = &record.node {
             *self.placed.entry(node.clone()).or_default() += 1;
         }
+        *self.phases.entry(record.phase.as_str()).or_default() += 1;
         // Most puts change a status, not the spec: the usage stays.
         let spec_changed = self
             .sandboxes
@@ -205,26 +226,22 @@ impl State {
             if spec_changed {
                 self.count_usage(&old, false);
             }
-            self.unplace(old);
+            self.uncount(old);
         }
     }
 
     fn remove_sandbox(&mut self, name: &str) {
         if let Some(old) = self.sandboxes.remove(name) {
             self.count_usage(&old, false);
-            self.unplace(old);
+            self.uncount(old);
         }
     }
 
-    fn unplace(&mut self, old: SandboxRecord) {
-        let Some(node) = old.node else {
-            return;
-        };
-        if let Some(count) = self.placed.get_mut(&node) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.placed.remove(&node);
-            }
+    /// Takes a replaced or removed record out of the derived counts.
+    fn uncount(&mut self, old: SandboxRecord) {
+        decrement(&mut self.phases, old.phase.as_str());
+        if let Some(node) = old.node {
+            decrement(&mut self.placed, node.as_str());
         }
     }
 

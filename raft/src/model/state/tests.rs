@@ -100,6 +100,44 @@ fn sandboxes_per_node_follow_placement_and_removal() {
     assert_eq!(loaded.sandboxes_on("n2"), 1);
 }
 
+/// The per-phase counts follow creates, status changes and removal
+/// exactly as a scan of every record would, and a state rebuilt from its
+/// records counts the same.
+#[test]
+fn sandboxes_per_phase_follow_status_and_removal() {
+    let scan = |state: &State| {
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for r in state.iter() {
+            *counts.entry(r.phase.as_str()).or_default() += 1;
+        }
+        counts
+    };
+    let mut state = State::default();
+    placed_running(&mut state, "a");
+    placed_running(&mut state, "b");
+    state.apply(&create("c"));
+    assert_eq!(state.phase_counts(), &scan(&state));
+    assert_eq!(state.phase_counts().get("Running"), Some(&2));
+    assert_eq!(state.phase_counts().get("Pending"), Some(&1));
+    state.apply(&Command::DeleteSandbox {
+        name: "a".into(),
+        keep_volume: false,
+    });
+    assert_eq!(state.phase_counts(), &scan(&state));
+    state.apply(&Command::RemoveSandbox {
+        name: "a".into(),
+        uid: "uid-a".into(),
+        at_ms: 0,
+    });
+    assert_eq!(state.phase_counts(), &scan(&state));
+    assert_eq!(state.phase_counts().get("Running"), Some(&1));
+    let mut loaded = State::default();
+    for r in state.iter() {
+        loaded.insert(r.clone());
+    }
+    assert_eq!(loaded.phase_counts(), state.phase_counts());
+}
+
 #[test]
 fn create_is_pending_with_a_fixed_volume() {
     let mut state = State::default();
