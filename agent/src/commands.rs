@@ -119,6 +119,9 @@ impl CommandRunner {
     /// heartbeats carry it to the leader (and `update --wait` shows it).
     pub fn annotate(&self, inventory: &mut [Observed]) {
         let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        if pulls.is_empty() {
+            return;
+        }
         for o in inventory.iter_mut() {
             if let Some(image) = pulls.get(&o.uid) {
                 let progress = self

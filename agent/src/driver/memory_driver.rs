@@ -8,7 +8,7 @@
 //! at once with code 1 (a sandbox that crashes on start).
 //! Policies are validated (a bad one is `Invalid`) but have no effect.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use berth_proto::agent_v1::{
@@ -40,6 +40,8 @@ struct State {
     /// Volume name -> (sandbox name, uid) it was created for.
     volumes: BTreeMap<String, (String, String)>,
     next_id: u64,
+    /// Bumped by every call that may change what `inventory` lists.
+    generation: u64,
 }
 
 /// A driver that keeps sandboxes in a map.
@@ -134,9 +136,12 @@ impl Driver for MemoryDriver {
         let mut out: Vec<Observed> = st
             .sandboxes
             .values()
-            .map(|o| st.observed(&o.name, &o.volume))
+            .map(|o| Observed {
+                volume_present: st.volumes.contains_key(&o.volume),
+                ..o.clone()
+            })
             .collect();
-        let used: BTreeSet<&str> = st.sandboxes.values().map(|o| o.volume.as_str()).collect();
+        let used: HashSet<&str> = st.sandboxes.values().map(|o| o.volume.as_str()).collect();
         for (v, (owner, _)) in st
             .volumes
             .iter()
@@ -147,11 +152,16 @@ impl Driver for MemoryDriver {
         Ok(out)
     }
 
+    fn generation(&self) -> Option<u64> {
+        Some(self.lock().generation)
+    }
+
     async fn ensure(&self, e: &Ensure) -> Result<Observed, DriverError> {
         super::validate_name("sandbox", &e.name)?;
         super::validate_name("volume", &e.volume)?;
         super::container_policy::parse(e)?; // a bad policy changes nothing
         let mut st = self.lock();
+        st.generation += 1;
         let owner = super::volume_owner(&e.volume_uid, &e.uid);
         match st.volumes.get(&e.volume) {
             Some((_, uid)) if uid != owner => {
@@ -205,6 +215,7 @@ impl Driver for MemoryDriver {
 
     async fn stop(&self, name: &str, uid: &str) -> Result<Observed, DriverError> {
         let mut st = self.lock();
+        st.generation += 1;
         st.uid_matches(name, uid)?;
         if let Some(o) = st.sandboxes.get_mut(name) {
             o.state = ContainerState::Exited as i32;
@@ -215,6 +226,7 @@ impl Driver for MemoryDriver {
 
     async fn remove(&self, r: &Remove) -> Result<Observed, DriverError> {
         let mut st = self.lock();
+        st.generation += 1;
         // Another sandbox of the same name is never touched.
         let mine = st.uid_matches(&r.name, &r.uid).is_ok();
         let old = if mine {

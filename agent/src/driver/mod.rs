@@ -46,6 +46,12 @@ pub trait Driver: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Everything berth runs on this node, rebuilt from engine state.
     async fn inventory(&self) -> Result<Vec<Observed>, DriverError>;
+    /// A number that changes whenever what [`Driver::inventory`] lists may
+    /// have changed, if the driver can tell (None: list every time). Equal
+    /// numbers read before two listings mean equal listings.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
     /// Make sure `image` is present on this node, pulling it (bounded) if
     /// missing; never touches a container or volume (idempotent).
     async fn pull(&self, image: &str) -> Result<(), DriverError>;
