@@ -55,6 +55,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let empty_rate = write_rate(&cluster, leader, "empty-").await?;
     let extra = (empty_rate * WRITE_SECS) as usize;
 
+    eprintln!("scale: creating {n} sandboxes");
     let started = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
     create_all(&cluster, leader, &names, "localhost/berth-demo:v1", 64).await?;
@@ -75,8 +76,10 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let adopted = started.elapsed();
     // Let placement and the first container starts finish.
     tokio::time::sleep(Duration::from_secs(20)).await;
+    eprintln!("scale: measuring idle CPU");
     let cpu_idle = idle_cpu(pid, Duration::from_secs(10)).await?;
     let (_, rss_full) = usage(pid)?;
+    eprintln!("scale: measuring writes with {n} sandboxes");
     let full_rate = write_rate(&cluster, leader, "full-").await?;
 
     println!("scale: {n} sandboxes (in-memory driver, 1 agent, 3 control nodes)");
@@ -109,6 +112,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
 /// peak RSS next to what it holds once caught up).
 async fn join_new_member(cluster: &mut TestCluster, leader: u64, n: usize) -> anyhow::Result<()> {
     let applied = cluster.status(leader).await?.last_applied_index;
+    eprintln!("scale: a fourth node joins");
     let started = Instant::now();
     cluster.start_joining(4)?;
     cluster
