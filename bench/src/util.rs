@@ -55,15 +55,27 @@ pub async fn wait_phase_count(
     let started = Instant::now();
     let mut client = cluster.sandboxes(via).await?;
     loop {
-        let list = client
-            .list_sandboxes(ListSandboxesRequest { consistency: 0 })
-            .await?
-            .into_inner();
-        let n = list
-            .sandboxes
-            .iter()
-            .filter(|s| s.phase == phase as i32)
-            .count();
+        let mut n = 0;
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_sandboxes(ListSandboxesRequest {
+                    page_size: 5000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            n += page
+                .sandboxes
+                .iter()
+                .filter(|s| s.phase == phase as i32)
+                .count();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         if n >= count {
             return Ok(started.elapsed());
         }

@@ -202,11 +202,8 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
             output::print_sandboxes(format, &[sandbox], false);
         }
         SandboxCommand::List => {
-            let list = client
-                .list_sandboxes(ListSandboxesRequest { consistency: 0 })
-                .await?
-                .into_inner();
-            output::print_sandboxes(format, &list.sandboxes, true);
+            let sandboxes = list_all(&mut client).await?;
+            output::print_sandboxes(format, &sandboxes, true);
         }
         SandboxCommand::Delete {
             name,
@@ -346,6 +343,33 @@ pub async fn run(control: Control, format: Format, command: SandboxCommand) -> R
 fn write_all(out: &mut impl Write, bytes: &[u8]) {
     let _ = out.write_all(bytes);
     let _ = out.flush();
+}
+
+/// Sandboxes asked for per page: one response of 100,000 would exceed the
+/// client's message limit.
+const LIST_PAGE: u32 = 1000;
+
+/// Every sandbox the caller may see, in name order, a page at a time.
+async fn list_all(
+    client: &mut berth_proto::v1::sandbox_service_client::SandboxServiceClient<crate::client::Chan>,
+) -> Result<Vec<berth_proto::v1::Sandbox>, Failure> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_sandboxes(ListSandboxesRequest {
+                page_size: LIST_PAGE,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        all.extend(page.sandboxes);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 async fn wait_until_gone(

@@ -66,10 +66,7 @@ async fn list(cluster: &mut TestCluster, prefix: &str) -> Option<BTreeMap<String
         let Ok(mut client) = cluster.sandboxes(id).await else {
             continue;
         };
-        if let Ok(list) = client
-            .list_sandboxes(ListSandboxesRequest { consistency: 0 })
-            .await
-        {
+        if let Ok(list) = client.list_sandboxes(ListSandboxesRequest::default()).await {
             return Some(
                 list.into_inner()
                     .sandboxes

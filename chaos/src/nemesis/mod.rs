@@ -206,7 +206,7 @@ async fn operation_in_flight(cluster: &TestCluster, id: u64) -> bool {
     let Ok(mut client) = cluster.sandboxes(id).await else {
         return false;
     };
-    let request = berth_proto::v1::ListSandboxesRequest { consistency: 0 };
+    let request = berth_proto::v1::ListSandboxesRequest::default();
     client.list_sandboxes(request).await.is_ok_and(|list| {
         list.into_inner()
             .sandboxes

@@ -307,10 +307,7 @@ async fn settle(plan: &Plan) -> Settled {
         let addr = control_addr(&plan.controls[turn % plan.controls.len()]);
         if let Some(mut client) = connect(&addr).await {
             // A linearizable read (consistency 0 is the default: linearizable).
-            if let Ok(list) = client
-                .list_sandboxes(ListSandboxesRequest { consistency: 0 })
-                .await
-            {
+            if let Ok(list) = client.list_sandboxes(ListSandboxesRequest::default()).await {
                 let finals: BTreeMap<String, Final> = list
                     .into_inner()
                     .sandboxes

@@ -9,6 +9,7 @@ mod convert;
 mod data_plane;
 mod events;
 mod operations;
+mod page;
 mod sandbox;
 mod volumes;
 

@@ -118,15 +118,21 @@ impl SandboxApi {
         scope: &Scope,
         request: ListSandboxesRequest,
     ) -> Result<ListSandboxesResponse, ApiError> {
+        let after = super::page::start_after(&request.page_token)?;
         self.read_point(request.consistency).await?;
         let state = self.node.state().read();
+        let visible = state
+            .table
+            .iter_after(after.as_deref())
+            .filter(|r| scope.sees(&r.name));
+        let (page, more) = super::page::take(visible, request.page_size);
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => super::page::token_after(&last.name),
+            _ => String::new(),
+        };
         Ok(ListSandboxesResponse {
-            sandboxes: state
-                .table
-                .iter()
-                .filter(|r| scope.sees(&r.name))
-                .map(sandbox_to_proto)
-                .collect(),
+            sandboxes: page.into_iter().map(sandbox_to_proto).collect(),
+            next_page_token,
         })
     }
 

@@ -179,6 +179,15 @@ impl State {
         self.sandboxes.values()
     }
 
+    /// Sandboxes whose name sorts after `name` (all if None), in order.
+    pub fn iter_after(&self, name: Option<&str>) -> impl Iterator<Item = &SandboxRecord> {
+        use std::ops::Bound;
+        let start = name.map_or(Bound::Unbounded, Bound::Excluded);
+        self.sandboxes
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, r)| r)
+    }
+
     pub fn len(&self) -> usize {
         self.sandboxes.len()
     }
