@@ -125,6 +125,46 @@ async fn sandbox_lifecycle_and_cluster_status() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sandbox list` pages through the API: more sandboxes than one page
+/// holds are all listed, once each, in name order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_longer_than_a_page_is_whole() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3).await?;
+    let leader = cluster
+        .wait_for_leader(std::time::Duration::from_secs(10))
+        .await?;
+    let client = cluster.sandboxes(leader).await?;
+    let creates = (0..1_234).map(|i| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .create_sandbox(berth_proto::v1::CreateSandboxRequest {
+                    name: format!("l{i:04}"),
+                    spec: Some(berth_proto::v1::SandboxSpec {
+                        image: "localhost/berth-demo:v1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+        })
+    });
+    let creates: Vec<_> = creates.collect();
+    for create in creates {
+        create.await??;
+    }
+    let listed = list(&cluster.control_addrs());
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|s| s["name"].as_str().expect("a name"))
+        .collect();
+    let expected: Vec<String> = (0..1_234).map(|i| format!("l{i:04}")).collect();
+    assert_eq!(names, expected);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_one_line_and_changes_nothing() -> anyhow::Result<()> {
     let cluster = TestCluster::start(3).await?;
