@@ -11,9 +11,8 @@
 //! [`FULL_EVERY`] seconds resyncs anyway. A driver that can tell nothing
 //! changed (its generation) is not listed at all while no command runs, so
 //! an idle agent of 100,000 sandboxes does next to nothing each second.
-//! If the engine cannot be listed,
-//! nothing new is said (an empty inventory would read as "everything
-//! vanished").
+//! If the engine cannot be listed, nothing new is said (an empty inventory
+//! would read as "everything vanished").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
