@@ -152,7 +152,10 @@ impl RaftNode {
                 Ok(LeaderReply::Written(Box::new(response)))
             }
             LeaderOp::ReadIndex => {
-                let read_log_id = self.raft.ensure_linearizable().await.map_err(|e| match e {
+                let answer = self.reads.get().await.ok_or_else(|| {
+                    NodeError::Unavailable("the node is shutting down".to_string())
+                })?;
+                let read_log_id = answer.map_err(|e| match e {
                     RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => {
                         NodeError::Unavailable(format!(
                             "the leader (node {}) cannot reach a quorum to confirm a read",

@@ -9,6 +9,7 @@
 mod batch;
 mod compaction;
 mod leader;
+mod read_index;
 mod threads;
 
 use std::collections::{BTreeMap, HashMap};
@@ -133,6 +134,8 @@ pub struct RaftNode {
     leader_clients: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
     /// Group commit for the writes this node proposes as leader.
     writes: batch::Batcher,
+    /// Read indexes, one quorum round for every caller queued before it.
+    reads: read_index::ReadIndexes,
     /// Raft's own runtime, if it has one; last, so it is dropped last.
     _threads: threads::RaftThreads,
 }
@@ -164,18 +167,19 @@ impl RaftNode {
         // are spawned on Raft's threads.
         let id = config.id;
         let (compaction_state, snapshot_every) = (state.clone(), config.snapshot_every);
-        let (raft, writes) = threads
+        let (raft, writes, reads) = threads
             .run(async move {
                 let raft = Raft::new(id, raft_config, NetworkFactory, log_store, state_machine)
                     .await
                     .map_err(|e| NodeError::Internal(format!("start raft: {e}")))?;
                 let writes = batch::Batcher::start(raft.clone(), leader::write_error, most);
+                let reads = read_index::ReadIndexes::start(raft.clone());
                 tokio::spawn(compaction::run(
                     raft.clone(),
                     compaction_state,
                     snapshot_every,
                 ));
-                Ok::<_, NodeError>((raft, writes))
+                Ok::<_, NodeError>((raft, writes, reads))
             })
             .await??;
         tokio::spawn(export_metrics(raft.metrics(), config.id));
@@ -187,6 +191,7 @@ impl RaftNode {
             request_timeout: config.request_timeout,
             leader_clients: Mutex::new(HashMap::new()),
             writes,
+            reads,
             _threads: threads,
         }))
     }
@@ -268,9 +273,10 @@ impl RaftNode {
                 self.id
             )));
         }
-        let index = tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable())
+        let index = tokio::time::timeout(self.request_timeout, self.reads.get())
             .await
             .map_err(|_| NodeError::Unavailable("no quorum confirmed leadership".to_string()))?
+            .ok_or_else(|| NodeError::Unavailable("the node is shutting down".to_string()))?
             .map_err(|e| NodeError::Unavailable(format!("leadership not confirmed: {e}")))?
             .map(|id| id.index)
             .unwrap_or(0);
