@@ -189,26 +189,33 @@ impl SupervisorState {
     }
 
     /// Compares every record with the running actors (at the start of the
-    /// term, when the change feed lagged, and as a slow safety net).
+    /// term, when the change feed lagged, and as a slow safety net): one
+    /// walk over both, in name order, copying only the names that differ
+    /// (at 100,000 sandboxes this runs every 10 s).
     async fn sync_sandboxes(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let wanted: BTreeMap<String, String> = {
+        let (gone, missing) = {
             let state = self.ctx.node.state().read();
-            state
-                .table
-                .iter()
-                .map(|r| (r.name.clone(), r.uid.clone()))
-                .collect()
+            let mut gone = Vec::new();
+            let mut missing = Vec::new();
+            let mut running = self.sandboxes.iter().peekable();
+            for record in state.table.iter() {
+                while let Some((name, _)) = running.next_if(|(name, _)| **name < record.name) {
+                    gone.push(name.clone());
+                }
+                let current = running
+                    .next_if(|(name, _)| **name == record.name)
+                    .is_some_and(|(_, (uid, _))| *uid == record.uid);
+                if !current {
+                    missing.push((record.name.clone(), record.uid.clone()));
+                }
+            }
+            gone.extend(running.map(|(name, _)| name.clone()));
+            (gone, missing)
         };
-        let gone: Vec<String> = self
-            .sandboxes
-            .keys()
-            .filter(|name| !wanted.contains_key(*name))
-            .cloned()
-            .collect();
         for name in gone {
             self.sync_one(&name, None, false);
         }
-        let due = wanted
+        let due = missing
             .iter()
             .filter_map(|(name, uid)| self.sync_one(name, Some(uid), false))
             .collect();
