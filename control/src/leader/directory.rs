@@ -163,13 +163,11 @@ impl Directory {
         let mut names = Vec::new();
         for o in changed.into_iter().filter(|o| !o.uid.is_empty()) {
             match inventory.get(&o.uid) {
-                Some(old) if old.seq > seq => {}
+                Some(old) if old.seq > seq => continue,
                 Some(old) if same(old, &o) => {}
                 _ => names.push(o.name.clone()),
             }
-            if inventory.get(&o.uid).is_none_or(|old| old.seq <= seq) {
-                inventory.insert(o.uid.clone(), o);
-            }
+            inventory.insert(o.uid.clone(), o);
         }
         for uid in gone {
             if inventory.get(&uid).is_some_and(|old| old.seq <= seq) {

@@ -128,43 +128,10 @@ async fn commit(raft: &Raft, mut batch: Vec<(Proposal, Reply)>, map_error: Error
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use openraft::BasicNode;
-
-    use crate::model::SandboxSpec;
-    use crate::store::disk::MemDisk;
-    use crate::{Command, CommandResponse, NodeConfig, RaftNode};
-
-    fn create(i: usize) -> Command {
-        Command::CreateSandbox {
-            name: format!("s{i}"),
-            uid: format!("u{i}"),
-            spec: SandboxSpec {
-                image: "busybox".into(),
-                policy: None,
-                env: Default::default(),
-                secret_env: Default::default(),
-            },
-            created_at_ms: 1,
-            adopt_volume: None,
-        }
-    }
-
-    async fn one_voter(group_commit: bool) -> Arc<RaftNode> {
-        let mut config = NodeConfig::new(1, "127.0.0.1:1", "/nonexistent");
-        config.disk = Some(Arc::new(MemDisk::default()));
-        config.group_commit = group_commit;
-        let node = RaftNode::start(config).await.unwrap();
-        node.bootstrap(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-            .await
-            .unwrap();
-        // Leading, with the term's first entry applied: no entry but the
-        // writes' own is appended from here on.
-        node.read_barrier().await.unwrap();
-        node
-    }
+    use super::super::test_node::{create, one_voter};
+    use crate::{CommandResponse, RaftNode};
 
     /// 300 concurrent creates: each caller gets its own answer; returns
     /// how many log entries they took.

@@ -10,6 +10,8 @@ mod batch;
 mod compaction;
 mod leader;
 mod read_index;
+#[cfg(test)]
+mod test_node;
 mod threads;
 
 use std::collections::{BTreeMap, HashMap};

@@ -82,47 +82,14 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-
-    use openraft::BasicNode;
-
-    use crate::model::SandboxSpec;
-    use crate::store::disk::MemDisk;
-    use crate::{Command, NodeConfig, RaftNode};
-
-    async fn one_voter() -> Arc<RaftNode> {
-        let mut config = NodeConfig::new(1, "127.0.0.1:1", "/nonexistent");
-        config.disk = Some(Arc::new(MemDisk::default()));
-        let node = RaftNode::start(config).await.unwrap();
-        node.bootstrap(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-            .await
-            .unwrap();
-        node.read_barrier().await.unwrap();
-        node
-    }
-
-    fn create(i: usize) -> Command {
-        Command::CreateSandbox {
-            name: format!("s{i}"),
-            uid: format!("u{i}"),
-            spec: SandboxSpec {
-                image: "busybox".into(),
-                policy: None,
-                env: Default::default(),
-                secret_env: Default::default(),
-            },
-            created_at_ms: 1,
-            adopt_volume: None,
-        }
-    }
+    use super::super::test_node::{create, one_voter};
 
     /// 200 concurrent callers, each after a write of its own: every one
     /// reads its write after the barrier (linearizable), and they shared
     /// far fewer quorum rounds than there were callers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_barriers_share_rounds_and_each_sees_its_write() {
-        let node = one_voter().await;
+        let node = one_voter(true).await;
         let term = node.metrics().current_term;
         let before = node.reads.rounds();
         let callers = (0..200).map(|i| {
